@@ -1,0 +1,127 @@
+"""The registry of named experiments and the context each run gets."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toy_entropy.claims import Claim
+from toy_entropy.runlog import RunWriter
+
+__all__ = [
+    "Experiment",
+    "ExperimentResult",
+    "RunContext",
+    "experiment",
+    "get_experiment",
+    "list_experiments",
+]
+
+# Modules that define experiments; imported on first use so that `toy-entropy list` is fast.
+_EXPERIMENT_MODULES = ("experiments.identity",)
+
+
+@dataclass
+class ExperimentResult:
+    """What an experiment returns: headline numbers and checked claims."""
+
+    headline: dict[str, Any]
+    claims: list[Claim]
+
+
+@dataclass
+class RunContext:
+    """Where and how one experiment runs.
+
+    Attributes:
+        out_dir: the run directory (already created, config.json written).
+        seed: the base seed; multi-seed experiments derive theirs as ``seed + i``.
+        device: the torch device every tensor lives on.
+        show_progress: draw progress bars (off in tests).
+    """
+
+    out_dir: Path
+    seed: int
+    device: torch.device
+    show_progress: bool = True
+    _writers: list[RunWriter] = field(default_factory=list)
+
+    def writer(self, sub_run: str | None = None) -> RunWriter:
+        """A writer for the top-level run, or for the sub-run directory ``out_dir/sub_run``."""
+        directory = self.out_dir if sub_run is None else self.out_dir / sub_run
+        run_writer = RunWriter(directory)
+        self._writers.append(run_writer)
+        return run_writer
+
+    def progress(self, iterable: Iterable, total: int | None = None, desc: str = ""):
+        if not self.show_progress:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def close(self) -> None:
+        for run_writer in self._writers:
+            run_writer.close()
+        self._writers.clear()
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named, runnable experiment.
+
+    Attributes:
+        name: the name ``toy-entropy run NAME`` takes.
+        description: one line for ``toy-entropy list``.
+        config_cls: a dataclass whose defaults are the full preset.
+        run: ``run(config, context) -> ExperimentResult``.
+        quick: field overrides of the ``--quick`` preset.
+    """
+
+    name: str
+    description: str
+    config_cls: type
+    run: Callable[[Any, RunContext], ExperimentResult]
+    quick: Mapping[str, Any]
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def experiment(
+    name: str, description: str, config_cls: type, quick: Mapping[str, Any] | None = None
+) -> Callable:
+    """Decorator registering ``run(config, context)`` under ``name``."""
+
+    def decorate(run: Callable[[Any, RunContext], ExperimentResult]):
+        if name in _REGISTRY:
+            raise ValueError(f"experiment {name!r} is registered twice")
+        _REGISTRY[name] = Experiment(name, description, config_cls, run, dict(quick or {}))
+        return run
+
+    return decorate
+
+
+def _load_all() -> None:
+    for module in _EXPERIMENT_MODULES:
+        importlib.import_module(module)
+
+
+def list_experiments() -> list[Experiment]:
+    """Every registered experiment, sorted by name."""
+    _load_all()
+    return sorted(_REGISTRY.values(), key=lambda e: e.name)
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment called ``name``; a ValueError lists the known names otherwise."""
+    _load_all()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown experiment {name!r}; known experiments: {known}")
+    return _REGISTRY[name]

@@ -1,0 +1,162 @@
+"""The ``toy-entropy`` command line: list and run experiments, write reports.
+
+Exit codes: 0 on success, 2 on a user error (one line on stderr naming the problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toy_entropy.claims import format_claims_table
+from toy_entropy.config import ConfigError, apply_overrides, config_to_dict
+from toy_entropy.runlog import atomic_write_json, environment_info
+
+__all__ = ["main", "UserError"]
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; reported in one line with exit code 2."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toy-entropy", description="Policy-entropy dynamics of RL for LM-like policies."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the experiments, one per line")
+    run = commands.add_parser("run", help="run a named experiment")
+    run.add_argument("name", help="experiment name (see `toy-entropy list`)")
+    run.add_argument("--out", type=Path, default=None, help="run directory (default: runs/...)")
+    run.add_argument("--seed", type=int, default=0, help="base random seed")
+    run.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
+    run.add_argument("--quick", action="store_true", help="the small preset (minutes on a CPU)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"--device={name!r} is invalid: expected cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device={name} was asked for but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _prepare_out_dir(out: Path | None, name: str, seed: int, overwrite: bool) -> Path:
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{name}__{seed}__{stamp}"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out={out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(
+                f"--out={out} already holds files; pass --overwrite to replace it "
+                "or choose another directory"
+            )
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"--out={out} is not writable: {error.strerror or error}") from None
+    return out
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from experiments import RunContext, get_experiment
+
+    try:
+        spec = get_experiment(args.name)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    try:
+        config = spec.config_cls()
+        if args.quick:
+            config = dataclasses.replace(config, **spec.quick)
+        config = apply_overrides(config, args.overrides)
+    except (ConfigError, ValueError, TypeError) as error:
+        raise UserError(str(error)) from None
+    device = _resolve_device(args.device)
+    out_dir = _prepare_out_dir(args.out, spec.name, args.seed, args.overwrite)
+
+    resolved = {
+        "experiment": spec.name,
+        "preset": "quick" if args.quick else "full",
+        "seed": args.seed,
+        "config": config_to_dict(config),
+        **environment_info(str(device)),
+    }
+    atomic_write_json(out_dir / "config.json", resolved)
+    print(f"toy-entropy: running {spec.name!r} into {out_dir}", flush=True)
+    _seed_everything(args.seed)
+    context = RunContext(out_dir, args.seed, device, show_progress=not args.quiet)
+    try:
+        result = spec.run(config, context)
+    finally:
+        context.close()
+    summary = {
+        "experiment": spec.name,
+        "seed": args.seed,
+        "headline": result.headline,
+        "claims": [c.to_dict() for c in result.claims],
+    }
+    atomic_write_json(out_dir / "summary.json", summary)
+    if result.claims:
+        print()
+        print(format_claims_table(result.claims))
+    print()
+    print(f"Run directory: {out_dir}")
+    print(f"  summary:     {out_dir / 'summary.json'}")
+    print(f"  TensorBoard: tensorboard --logdir {out_dir}")
+    return 0
+
+
+def _list() -> int:
+    from experiments import list_experiments
+
+    for spec in list_experiments():
+        print(f"{spec.name}\t{spec.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``toy-entropy`` console script."""
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list()
+        if args.command == "run":
+            return _run(args)
+    except UserError as error:
+        print(f"toy-entropy: error: {error}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Run directories: config.json, metrics.jsonl, TensorBoard events and summary.json.
+
+The layout is the interface users script against (shared/OUTPUTS.md):
+
+    DIR/config.json            resolved config, seed, device, package and torch versions
+    DIR/summary.json           headline numbers and claims
+    DIR/metrics.jsonl          one JSON object per step: "step", "entropy", "reward", ...
+    DIR/events.out.tfevents.*  TensorBoard
+
+Metric names: a name without a slash (``entropy``, ``reward``) is a headline value; it is stored
+under that name in metrics.jsonl and under ``charts/<name>`` in TensorBoard. A name with a slash
+(``identity/predicted_dH``) is stored as is in both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import toy_entropy
+
+__all__ = ["RunWriter", "atomic_write_text", "atomic_write_json", "environment_info", "to_jsonable"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert tensors, numpy scalars, tuples and dataclass-like values to JSON types.
+
+    Non-finite floats become ``None`` so that the files stay strict JSON.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return to_jsonable(value.tolist())
+    return value
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
+
+
+def environment_info(device: str) -> dict[str, str]:
+    """Versions and device recorded with every run."""
+    return {
+        "toy_entropy_version": toy_entropy.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": device,
+    }
+
+
+def _tensorboard_tag(name: str) -> str:
+    return name if "/" in name else f"charts/{name}"
+
+
+class RunWriter:
+    """Writes one run's metrics to metrics.jsonl and TensorBoard, and its summary.json.
+
+    Args:
+        directory: the run directory; created if missing.
+        tensorboard: write TensorBoard event files next to metrics.jsonl.
+    """
+
+    def __init__(self, directory: str | Path, tensorboard: bool = True) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._metrics_file = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.directory))
+
+    @property
+    def tensorboard(self):
+        """The underlying ``torch.utils.tensorboard.SummaryWriter`` (or ``None``)."""
+        return self._tb
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Append one metrics.jsonl row ``{"step": step, **metrics}`` and the TB scalars."""
+        row = {"step": int(step)}
+        row.update({name: to_jsonable(value) for name, value in metrics.items()})
+        self._metrics_file.write(json.dumps(row) + "\n")
+        self._metrics_file.flush()
+        if self._tb is not None:
+            for name, value in row.items():
+                if name != "step" and isinstance(value, (int, float)) and value is not None:
+                    self._tb.add_scalar(_tensorboard_tag(name), value, int(step))
+
+    def add_figure(self, tag: str, figure, step: int = 0) -> None:
+        """Log a matplotlib figure as a TensorBoard image (and close it)."""
+        if self._tb is not None:
+            self._tb.add_figure(tag, figure, global_step=step, close=True)
+        else:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+
+    def add_text(self, tag: str, text: str, step: int = 0) -> None:
+        if self._tb is not None:
+            self._tb.add_text(tag, text, global_step=step)
+
+    def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        if self._tb is not None:
+            self._tb.add_histogram(tag, values.detach().float().cpu(), global_step=step)
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """Save the resolved config as config.json and as TensorBoard text."""
+        atomic_write_json(self.directory / "config.json", config)
+        body = json.dumps(to_jsonable(config), indent=2)
+        self.add_text("config", "```\n" + body + "\n```")
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        atomic_write_json(self.directory / "summary.json", summary)
+
+    def close(self) -> None:
+        self._metrics_file.close()
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
