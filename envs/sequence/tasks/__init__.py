@@ -1,0 +1,32 @@
+"""The registry of sequence tasks: ``TASKS`` maps a task name to its class; ``make_task``."""
+
+from __future__ import annotations
+
+from envs.sequence.task import SequenceTask
+from envs.sequence.tasks.addition import AdditionTask
+from envs.sequence.tasks.countdown import CountdownTask
+from envs.sequence.tasks.hard_prompt import HardPromptTask
+from envs.sequence.tasks.lists import ListTask, ReverseTask, SortTask
+
+TASKS: dict[str, type[SequenceTask]] = {
+    task.name: task for task in (CountdownTask, AdditionTask, ReverseTask, SortTask, HardPromptTask)
+}
+
+
+def make_task(name: str, **kwargs) -> SequenceTask:
+    """Build the task ``name`` (one of ``TASKS``) with its keyword arguments."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[name](**kwargs)
+
+
+__all__ = [
+    "TASKS",
+    "AdditionTask",
+    "CountdownTask",
+    "HardPromptTask",
+    "ListTask",
+    "ReverseTask",
+    "SortTask",
+    "make_task",
+]
