@@ -1,0 +1,71 @@
+"""The toy-entropy CLI and the run directories it writes (shared/OUTPUTS.md)."""
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from toy_entropy.cli import main
+
+
+def test_list_names_every_experiment_with_a_description(capsys):
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = [line.split("\t")[0] for line in lines]
+    assert {"bandit-identity", "bandit-collapse"} <= set(names)
+    assert all(len(line.split("\t")) == 2 and line.split("\t")[1] for line in lines)
+
+
+def test_bandit_identity_run_directory_and_claims(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "bandit-identity", "--quick", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tensorboard --logdir" in printed and "1.0e-03" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    claims = {c["id"]: c for c in summary["claims"]}
+    for rule in ("pg", "npg"):
+        claim = claims[f"identity.{rule}.rel_error_at_eta_1e-3"]
+        assert claim["holds"] and claim["measured"] < 0.01
+        assert 0.9 <= claims[f"identity.{rule}.error_slope"]["measured"] <= 1.1
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed"] == 0 and config["device"] == "cpu" and "torch_version" in config
+    sub_run = out / "best-rare__npg"
+    rows = [json.loads(line) for line in (sub_run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 9 and {"step", "entropy", "reward"} <= set(rows[0])
+    # the rare best arm raises entropy: the predicted and the actual change are positive
+    assert rows[0]["identity/actual_dH"] > 0 and rows[0]["identity/predicted_dH"] > 0
+    events = EventAccumulator(str(sub_run))
+    events.Reload()
+    assert "identity/relative_error" in events.Tags()["scalars"]
+    top = EventAccumulator(str(out))
+    top.Reload()
+    assert "identity/scatter_actual_vs_predicted" in top.Tags()["images"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "no-such-experiment"], "unknown experiment"),
+        (["run", "bandit-identity", "--set", "num_etaz=3"], "did you mean num_etas"),
+        (["run", "bandit-identity", "--set", "num_etas=two"], "num_etas"),
+        (["run", "bandit-identity", "--set", "eta_min=-1"], "eta_min"),
+        (["run", "bandit-identity", "--set", "priors=flat"], "priors"),
+        (["run", "bandit-identity", "--set", "num_etas"], "key=value"),
+        (["run", "bandit-identity", "--device", "tpu"], "--device"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_existing_output_directory_is_refused_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("data")
+    assert main(["run", "bandit-identity", "--quick", "--quiet", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "data"

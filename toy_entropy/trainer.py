@@ -1,0 +1,527 @@
+"""GRPO-style RL of a small transformer on a verifiable-reward sequence task.
+
+One file, top to bottom, in the order a step runs (CleanRL style):
+
+1. rollout: P prompts x G responses sampled at the configured temperature (KV cache);
+2. rewards from the task's verifier, advantages from the estimator registry, optional filter
+   of groups whose rewards are all equal;
+3. a no-grad scoring pass: rollout log-probs, the full-distribution entropy, reference log-probs;
+4. ``num_iterations`` passes over the rollout in ``num_mini_batches`` mini-batches; each
+   mini-batch is one optimiser step whose token selection (Clip-Cov / KL-Cov) is computed once
+   over the whole mini-batch and shared by its micro-batches (gradient accumulation);
+5. the identity, live: the entropy change that each optimiser step causes on a fixed probe set of
+   states, next to the first-order prediction -Cov(log pi, dz) from the measured logit change;
+6. evaluation on held-out prompts every ``eval_every`` steps: greedy accuracy, mean@k, pass@k.
+
+Every metric is kept on the device during a step and moved to the host once per step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+from envs.sequence import make_task
+from toy_entropy.advantages import compute_advantages, filter_uniform_groups
+from toy_entropy.config import (
+    ConfigError,
+    check_choice,
+    check_positive_int,
+    check_range,
+)
+from toy_entropy.entropy import (
+    entropy_from_logits,
+    masked_response_mean,
+    masked_token_mean,
+    predicted_entropy_change,
+)
+from toy_entropy.losses import PolicyLossConfig, compute_policy_loss, select_tokens
+from toy_entropy.model import PRESETS, GPT, GPTConfig
+from toy_entropy.warmstart import WarmStartConfig, warm_start
+
+__all__ = ["TrainConfig", "Trainer", "StepRecord"]
+
+ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a sequence RL run needs. Field names follow TRL / verl where they exist."""
+
+    task: str = "reverse"
+    """sequence task: countdown, addition, reverse, sort, hard_prompt"""
+    extra_tokens: int = 0
+    """distractor tokens added to the task's vocabulary"""
+    model_preset: str = "cpu-nano"
+    """transformer size (toy_entropy.model.PRESETS)"""
+    warmstart_steps: int = 300
+    """supervised warm-start steps on noisy demonstrations"""
+    warmstart_noise: float = 0.6
+    """fraction of warm-start demonstrations that are corrupted (sets starting accuracy)"""
+    warmstart_lr: float = 3e-3
+    """warm-start learning rate"""
+    total_steps: int = 60
+    """RL steps (one rollout each)"""
+    num_prompts: int = 16
+    """P, prompts per rollout"""
+    num_generations: int = 8
+    """G, responses per prompt (TRL's num_generations)"""
+    temperature: float = 1.0
+    """sampling temperature of the rollout"""
+    advantage_estimator: str = "grpo"
+    """grpo, dr_grpo, rloo, reinforce"""
+    filter_groups: bool = False
+    """drop groups whose rewards are all equal (the paper filters them)"""
+    num_iterations: int = 1
+    """passes over each rollout (TRL's num_iterations); KL-Cov acts from the second on"""
+    num_mini_batches: int = 1
+    """optimiser steps per pass; each mini-batch is one optimisation batch"""
+    micro_batch_size: int = 0
+    """rows per forward/backward (gradient accumulation); 0 = the whole mini-batch"""
+    learning_rate: float = 3e-3
+    """AdamW learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (0 disables)"""
+    loss_mode: str = "vanilla"
+    """pg, vanilla (PPO), clip_cov, kl_cov"""
+    clip_ratio_low: float = 0.2
+    """PPO lower clip, a fraction"""
+    clip_ratio_high: float = 0.2
+    """PPO upper clip, a fraction (0.28 = clip-higher)"""
+    clip_cov_ratio: float = 2e-4
+    """Clip-Cov: fraction of valid tokens whose gradient is removed"""
+    clip_cov_lb: float = 1.0
+    """Clip-Cov: lower covariance bound of candidates"""
+    clip_cov_ub: float = 5.0
+    """Clip-Cov: upper covariance bound of candidates"""
+    kl_cov_ratio: float = 2e-3
+    """KL-Cov: fraction of valid tokens with the largest covariance that get the penalty"""
+    ppo_kl_coef: float = 1.0
+    """KL-Cov: coefficient of |log pi - log pi_old| on selected tokens"""
+    loss_agg_mode: str = "token-mean"
+    """token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm"""
+    entropy_coeff: float = 0.0
+    """entropy bonus coefficient"""
+    kl_loss_coef: float = 0.0
+    """KL penalty to the frozen warm-started reference policy"""
+    kl_loss_type: str = "k3"
+    """KL estimator: k1, k2, k3, abs"""
+    eval_every: int = 10
+    """evaluate on held-out prompts every this many steps (and at the end)"""
+    eval_prompts: int = 64
+    """held-out prompts per evaluation"""
+    eval_samples: int = 8
+    """k: samples per eval prompt for mean@k and pass@k"""
+    probe_states: int = 64
+    """responses whose every position is a probe state of the live identity check"""
+    histogram_every: int = 10
+    """TensorBoard histograms every this many steps (0 disables)"""
+    rollout_seed_offset: int = 0
+    """added to the run seed for the rollout randomness (the warm start uses the run seed)"""
+    loss_extra: dict = field(default_factory=dict, repr=False)
+    """unused by the CLI; tests may pass PolicyLossConfig fields not listed above"""
+
+    def __post_init__(self) -> None:
+        from envs.sequence import TASKS
+
+        check_choice("task", self.task, sorted(TASKS))
+        check_range("extra_tokens", self.extra_tokens, 0)
+        check_choice("model_preset", self.model_preset, sorted(PRESETS))
+        check_range("warmstart_steps", self.warmstart_steps, 0)
+        check_range("warmstart_noise", self.warmstart_noise, 0, 1)
+        check_range("warmstart_lr", self.warmstart_lr, 0, low_inclusive=False)
+        for name in ("total_steps", "num_prompts", "num_iterations", "num_mini_batches"):
+            check_positive_int(name, getattr(self, name))
+        check_range("num_generations", self.num_generations, 2)
+        check_range("temperature", self.temperature, 0, low_inclusive=False)
+        check_choice("advantage_estimator", self.advantage_estimator, ESTIMATORS)
+        check_range("micro_batch_size", self.micro_batch_size, 0)
+        check_range("learning_rate", self.learning_rate, 0, low_inclusive=False)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_range("max_grad_norm", self.max_grad_norm, 0)
+        check_positive_int("eval_every", self.eval_every)
+        check_positive_int("eval_prompts", self.eval_prompts)
+        check_positive_int("eval_samples", self.eval_samples)
+        check_positive_int("probe_states", self.probe_states)
+        check_range("histogram_every", self.histogram_every, 0)
+        batch = self.num_prompts * self.num_generations
+        if batch % self.num_mini_batches:
+            raise ConfigError(
+                "num_mini_batches",
+                self.num_mini_batches,
+                f"must divide the rollout batch num_prompts*num_generations={batch}",
+            )
+        mini = batch // self.num_mini_batches
+        if self.micro_batch_size and mini % self.micro_batch_size:
+            raise ConfigError(
+                "micro_batch_size",
+                self.micro_batch_size,
+                f"must divide the mini-batch of {mini} rows (or be 0)",
+            )
+        try:
+            self.loss_config()
+        except ValueError as error:
+            raise ConfigError("loss", "", str(error)) from None
+
+    def loss_config(self) -> PolicyLossConfig:
+        """The policy-loss config made of this config's loss fields."""
+        names = {f.name for f in fields(PolicyLossConfig)}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in names}
+        return PolicyLossConfig(**{**values, **self.loss_extra})
+
+
+@dataclass
+class StepRecord:
+    """What one RL step logged (host floats), for callers that keep curves in memory."""
+
+    step: int
+    metrics: dict[str, float]
+
+
+def _pass_at_k(correct: torch.Tensor, k: int) -> torch.Tensor:
+    """Unbiased pass@k per prompt from n >= k samples: 1 - C(n-c, k) / C(n, k). ``(P, n)``."""
+    n = correct.shape[1]
+    c = correct.sum(dim=1).double()  # (P,)
+    # prod_{i=0}^{k-1} (n - c - i) / (n - i), the chance that k draws miss every correct sample
+    i = torch.arange(k, dtype=torch.float64, device=correct.device)
+    miss = ((n - c[:, None] - i) / (n - i)).clamp(min=0).prod(dim=1)
+    return 1.0 - miss
+
+
+class Trainer:
+    """Warm start, then GRPO-style RL with logging through ``log_fn``.
+
+    Args:
+        config: the run's config.
+        seed: seeds the warm start, prompts and sampling.
+        device: torch device.
+        log_fn: ``log_fn(step, metrics: dict[str, float])`` (e.g. ``RunWriter.log``).
+        writer: optional RunWriter for histograms and figures.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        seed: int,
+        device: torch.device,
+        log_fn: Callable[[int, dict], None] | None = None,
+        writer=None,
+    ) -> None:
+        self.config, self.seed, self.device = config, seed, torch.device(device)
+        self.log_fn, self.writer = log_fn, writer
+        self.task = make_task(config.task, extra_tokens=config.extra_tokens)
+        vocab = self.task.vocab
+        self.prompt_length = self.task.prompt_length
+        self.response_length = self.task.max_response_length
+        model_config = GPTConfig.from_preset(
+            config.model_preset,
+            vocab_size=vocab.size,
+            block_size=self.prompt_length + self.response_length,
+        )
+        warm = WarmStartConfig(
+            steps=config.warmstart_steps,
+            learning_rate=config.warmstart_lr,
+            noise=config.warmstart_noise,
+        )
+        task_spec = {"name": config.task, "extra_tokens": config.extra_tokens}
+        self.model, self.warm_from_cache = warm_start(
+            self.task, task_spec, model_config, warm, seed, self.device
+        )
+        self.reference = None
+        if config.kl_loss_coef > 0:
+            self.reference = GPT(model_config).to(self.device).eval()
+            self.reference.load_state_dict(self.model.state_dict())
+            self.reference.requires_grad_(False)
+        self.loss_config = config.loss_config()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.rng = np.random.default_rng(seed + 1 + config.rollout_seed_offset)
+        self.generator = torch.Generator(device=self.device).manual_seed(
+            seed + 2 + config.rollout_seed_offset
+        )
+        self.selection_generator = torch.Generator(device=self.device).manual_seed(seed + 3)
+        self.eval_prompts = self.task.sample_prompts(
+            config.eval_prompts, "eval", np.random.default_rng(seed + 4), device=self.device
+        )
+        self.probe = self._make_probe(seed + 5)
+        self.step = 0
+        self.history: list[StepRecord] = []
+        self.identity_points: list[tuple[float, float]] = []
+
+    # ---- scoring -------------------------------------------------------------------------
+
+    def _sequence(self, prompt_tokens: torch.Tensor, responses: torch.Tensor, mask: torch.Tensor):
+        """``[prompt, response]`` tokens ``(B, Lp + T)`` and their attention mask."""
+        tokens = torch.cat([prompt_tokens, responses], dim=1)
+        attention = torch.cat([prompt_tokens != self.task.vocab.pad_id, mask], dim=1)
+        return tokens, attention
+
+    def response_logits(self, model: GPT, tokens: torch.Tensor, attention: torch.Tensor):
+        """``(B, T, V)`` next-token logits at the T response positions."""
+        logits = model(tokens, attention)  # (B, Lp + T, V)
+        start = self.prompt_length - 1
+        return logits[:, start : start + self.response_length] / self.config.temperature
+
+    @staticmethod
+    def _token_log_probs(logits: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` log-probability of each response token."""
+        return torch.log_softmax(logits, dim=-1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+
+    # ---- the live identity probe ---------------------------------------------------------
+
+    def _make_probe(self, seed: int):
+        """A fixed set of states: every position of responses sampled from the warm start."""
+        prompts = self.task.sample_prompts(
+            self.config.probe_states, "train", np.random.default_rng(seed), device=self.device
+        )
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        with torch.no_grad():
+            responses, mask = self.model.generate(
+                prompts.tokens,
+                self.response_length,
+                temperature=self.config.temperature,
+                eos_id=self.task.vocab.eos_id,
+                pad_id=self.task.vocab.pad_id,
+                generator=generator,
+            )[:2]
+        tokens, attention = self._sequence(prompts.tokens, responses, mask)
+        return tokens, attention, mask
+
+    def _probe_logits(self) -> torch.Tensor:
+        tokens, attention, _ = self.probe
+        with torch.no_grad():
+            return self.response_logits(self.model, tokens, attention).double()  # (B, T, V)
+
+    # ---- one step ------------------------------------------------------------------------
+
+    def rollout(self):
+        """Sample P x G responses; returns a dict of ``(B, ...)`` tensors, B = P * G."""
+        cfg = self.config
+        prompts = self.task.sample_prompts(cfg.num_prompts, "train", self.rng, device=self.device)
+        prompt_index = torch.arange(cfg.num_prompts, device=self.device).repeat_interleave(
+            cfg.num_generations
+        )  # (B,) groups are contiguous
+        prompt_tokens = prompts.tokens[prompt_index]  # (B, Lp)
+        self.model.eval()
+        with torch.no_grad():
+            responses, mask = self.model.generate(
+                prompt_tokens,
+                self.response_length,
+                temperature=cfg.temperature,
+                eos_id=self.task.vocab.eos_id,
+                pad_id=self.task.vocab.pad_id,
+                generator=self.generator,
+            )[:2]
+        rewards = self.task.score(prompts, prompt_index, responses, mask)  # (B,)
+        grouped = rewards.view(cfg.num_prompts, cfg.num_generations)
+        advantages = compute_advantages(cfg.advantage_estimator, grouped).reshape(-1)  # (B,)
+        mask = mask.bool()
+        if cfg.filter_groups:
+            keep = filter_uniform_groups(grouped).repeat_interleave(cfg.num_generations)  # (B,)
+            mask = mask & keep[:, None]
+        tokens, attention = self._sequence(prompt_tokens, responses, mask)
+        with torch.no_grad():
+            logits = self.response_logits(self.model, tokens, attention)  # (B, T, V)
+            old_log_probs = self._token_log_probs(logits, responses)
+            token_entropy = entropy_from_logits(logits)  # (B, T)
+            ref_log_probs = None
+            if self.reference is not None:
+                ref_logits = self.response_logits(self.reference, tokens, attention)
+                ref_log_probs = self._token_log_probs(ref_logits, responses)
+        return {
+            "prompts": prompts,
+            "prompt_index": prompt_index,
+            "tokens": tokens,
+            "attention": attention,
+            "responses": responses,
+            "mask": mask,
+            "rewards": rewards,
+            "advantages": advantages[:, None].expand_as(old_log_probs).contiguous(),
+            "old_log_probs": old_log_probs,
+            "ref_log_probs": ref_log_probs,
+            "token_entropy": token_entropy,
+        }
+
+    def _optimise(self, batch: dict, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimiser step on the mini-batch ``rows``; returns device metrics."""
+        cfg = self.config
+        take = {k: batch[k][rows] for k in ("tokens", "attention", "responses", "mask")}
+        old_lp = batch["old_log_probs"][rows]
+        advantages = batch["advantages"][rows]
+        ref_lp = None if batch["ref_log_probs"] is None else batch["ref_log_probs"][rows]
+        self.model.train()
+        with torch.no_grad():  # the selection is made once over the whole mini-batch
+            current_lp = self._token_log_probs(
+                self.response_logits(self.model, take["tokens"], take["attention"]),
+                take["responses"],
+            )
+        selection = select_tokens(
+            self.loss_config,
+            current_lp,
+            old_lp,
+            advantages,
+            take["mask"],
+            generator=self.selection_generator,
+        )
+        num_rows = rows.numel()
+        micro = cfg.micro_batch_size or num_rows
+        totals: dict[str, torch.Tensor] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        for start in range(0, num_rows, micro):
+            part = slice(start, start + micro)
+            logits = self.response_logits(self.model, take["tokens"][part], take["attention"][part])
+            log_probs = self._token_log_probs(logits, take["responses"][part])
+            loss, metrics = compute_policy_loss(
+                self.loss_config,
+                log_probs,
+                old_lp[part],
+                advantages[part],
+                take["mask"][part],
+                selection.rows(part),
+                entropy=entropy_from_logits(logits) if cfg.entropy_coeff else None,
+                ref_log_probs=None if ref_lp is None else ref_lp[part],
+            )
+            loss.backward()
+            for name, value in metrics.items():
+                totals[name] = totals.get(name, 0) + value.detach()
+            totals["loss/policy_total"] = totals.get("loss/policy_total", 0) + loss.detach()
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            parameters, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        )
+        self.optimizer.step()
+        totals["optim/grad_norm"] = grad_norm.detach()
+        return totals
+
+    def train_step(self) -> dict[str, float]:
+        """One rollout and its updates; returns the step's metrics as host floats."""
+        cfg = self.config
+        started = time.perf_counter()
+        batch = self.rollout()
+        rollout_seconds = time.perf_counter() - started
+        mask = batch["mask"]
+        metrics: dict[str, torch.Tensor] = {
+            "reward": batch["rewards"].mean(),
+            "entropy": masked_response_mean(batch["token_entropy"], mask),
+            "entropy/token_mean": masked_token_mean(batch["token_entropy"], mask),
+            "entropy/sampled_neg_log_prob": masked_token_mean(-batch["old_log_probs"], mask),
+            "rollout/response_length": mask.sum(dim=1).float().mean(),
+            "rollout/solved_groups": (
+                batch["rewards"].view(cfg.num_prompts, -1).max(dim=1).values > 0
+            )
+            .float()
+            .mean(),
+        }
+        update_metrics: dict[str, torch.Tensor] = {}
+        batch_size = cfg.num_prompts * cfg.num_generations
+        mini = batch_size // cfg.num_mini_batches
+        identity_actual, identity_predicted = [], []
+        updates = 0
+        started = time.perf_counter()
+        for _ in range(cfg.num_iterations):
+            order = torch.randperm(batch_size, generator=self.generator, device=self.device)
+            for start in range(0, batch_size, mini):
+                before = self._probe_logits()
+                step_metrics = self._optimise(batch, order[start : start + mini])
+                after = self._probe_logits()
+                actual, predicted = self._identity(before, after)
+                identity_actual.append(actual)
+                identity_predicted.append(predicted)
+                for name, value in step_metrics.items():
+                    update_metrics[name] = update_metrics.get(name, 0) + value
+                updates += 1
+        update_seconds = time.perf_counter() - started
+        for name, value in update_metrics.items():
+            metrics[name] = value / updates
+        metrics["identity/actual_dH"] = torch.stack(identity_actual).sum()
+        metrics["identity/predicted_dH"] = torch.stack(identity_predicted).sum()
+        if self.reference is not None:
+            log_ratio = batch["ref_log_probs"] - batch["old_log_probs"]
+            metrics["kl/reference_k3"] = masked_token_mean(log_ratio.exp() - 1 - log_ratio, mask)
+        host = {
+            k: float(v)
+            for k, v in zip(
+                metrics,
+                torch.stack(
+                    [
+                        torch.as_tensor(v, dtype=torch.float64, device=self.device)
+                        for v in metrics.values()
+                    ]
+                ).tolist(),
+            )
+        }
+        tokens = float(mask.sum())
+        host["perf/rollout_tokens_per_s"] = tokens / max(rollout_seconds, 1e-9)
+        host["perf/update_tokens_per_s"] = tokens * cfg.num_iterations / max(update_seconds, 1e-9)
+        for actual, predicted in zip(identity_actual, identity_predicted):
+            self.identity_points.append((float(predicted), float(actual)))
+        self.step += 1
+        if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
+            host.update(self.evaluate())
+        if self.writer is not None and cfg.histogram_every and self.step % cfg.histogram_every == 0:
+            self._histograms(batch)
+        if self.log_fn is not None:
+            self.log_fn(self.step, host)
+        self.history.append(StepRecord(self.step, host))
+        return host
+
+    def _identity(self, before: torch.Tensor, after: torch.Tensor):
+        """Mean actual and predicted entropy change (nats) over the probe states."""
+        _, _, mask = self.probe
+        actual = entropy_from_logits(after) - entropy_from_logits(before)  # (B, T)
+        predicted = predicted_entropy_change(before, after - before)  # (B, T)
+        return masked_token_mean(actual, mask), masked_token_mean(predicted, mask)
+
+    def _histograms(self, batch: dict) -> None:
+        mask = batch["mask"]
+        lp = batch["old_log_probs"]
+        adv = batch["advantages"]
+        weights = mask.double()
+        n = weights.sum()
+        centred_lp = lp - (lp * weights).sum() / n
+        centred_adv = adv - (adv * weights).sum() / n
+        covariance = (centred_lp * centred_adv)[mask]
+        self.writer.add_histogram("covariance/token_covariance", covariance, self.step)
+        self.writer.add_histogram("entropy/per_state", batch["token_entropy"][mask], self.step)
+
+    # ---- evaluation ----------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy, mean@k and pass@k on the held-out prompts."""
+        cfg, prompts = self.config, self.eval_prompts
+        vocab = self.task.vocab
+        self.model.eval()
+        with torch.no_grad():
+            greedy, greedy_mask = self.model.generate(
+                prompts.tokens,
+                self.response_length,
+                eos_id=vocab.eos_id,
+                pad_id=vocab.pad_id,
+                greedy=True,
+            )[:2]
+            index = torch.arange(len(prompts), device=self.device)
+            accuracy = self.task.score(prompts, index, greedy, greedy_mask).mean()
+            k = cfg.eval_samples
+            repeated = index.repeat_interleave(k)
+            samples, sample_mask = self.model.generate(
+                prompts.tokens[repeated],
+                self.response_length,
+                temperature=cfg.temperature,
+                eos_id=vocab.eos_id,
+                pad_id=vocab.pad_id,
+                generator=self.generator,
+            )[:2]
+            correct = self.task.score(prompts, repeated, samples, sample_mask).view(-1, k)
+        return {
+            "eval/greedy_accuracy": float(accuracy),
+            f"eval/mean_at_{k}": float(correct.mean()),
+            f"eval/pass_at_{k}": float(_pass_at_k(correct > 0, k).mean()),
+            "eval/pass_at_1": float(_pass_at_k(correct > 0, 1).mean()),
+        }
