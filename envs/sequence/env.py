@@ -24,7 +24,7 @@ def build_task(task: str | SequenceTask, task_kwargs: dict[str, Any]) -> Sequenc
     return make_task(task, **task_kwargs)
 
 
-def observation_space(task: SequenceTask, max_response_length: int) -> spaces.Dict:
+def sequence_observation_space(task: SequenceTask, max_response_length: int) -> spaces.Dict:
     """``Dict(tokens=MultiDiscrete([V] * (L + T)), length=Discrete(T + 1, start=L))``."""
     width = task.prompt_length + max_response_length
     return spaces.Dict(
@@ -104,7 +104,9 @@ class SequenceEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.split = split
         self.render_mode = render_mode
         self.action_space = spaces.Discrete(self.task.vocab.size)
-        self.observation_space = observation_space(self.task, self.task.max_response_length)
+        self.observation_space = sequence_observation_space(
+            self.task, self.task.max_response_length
+        )
         self._prompts: PromptBatch | None = None
         self._tokens = np.zeros(0, dtype=np.int64)
         self._steps = 0

@@ -325,7 +325,7 @@ class SequenceTask(ABC):
         Returns:
             (B,) float32 on ``responses.device``.
         """
-        valid, cleaned = self._clean(prompts, prompt_index, responses, response_mask)
+        prompt_index, valid, cleaned = self._clean(prompts, prompt_index, responses, response_mask)
         correct, well_formed = self._verify(prompts, prompt_index, cleaned, valid)
         reward = correct.float()
         if self.format_reward > 0.0:
@@ -338,9 +338,10 @@ class SequenceTask(ABC):
         prompt_index: torch.Tensor,
         responses: torch.Tensor,
         response_mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate score inputs; return ``valid`` (B, T) bool (mask up to the first ``<eos>``)
-        and ``cleaned`` (B, T) long (the responses with ``pad_id`` outside ``valid``)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validate score inputs; return ``prompt_index`` (B,) on the responses' device,
+        ``valid`` (B, T) bool (the mask up to the first ``<eos>``) and ``cleaned`` (B, T) long
+        (the responses with ``pad_id`` outside ``valid``)."""
         for name, value in (("responses", responses), ("prompt_index", prompt_index)):
             if (
                 not isinstance(value, torch.Tensor)
@@ -364,6 +365,8 @@ class SequenceTask(ABC):
                 f"prompt_index must be (B,) = ({responses.shape[0]},), got "
                 f"{tuple(prompt_index.shape)}"
             )
+        prompt_index = prompt_index.to(responses.device)
+        response_mask = response_mask.to(responses.device)
         if responses.numel() > 0:
             bad_index, bad_token = torch.stack(
                 [
@@ -380,7 +383,7 @@ class SequenceTask(ABC):
         eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # (B, T) eos strictly before
         valid = response_mask & (eos_before == 0)
         cleaned = torch.where(valid, responses, self.vocab.pad_id)
-        return valid, cleaned
+        return prompt_index, valid, cleaned
 
     def _verify(
         self,
@@ -391,7 +394,6 @@ class SequenceTask(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(correct, well_formed)`` (B,) bool by comparison with the unique target."""
         device = cleaned.device
-        prompt_index = prompt_index.to(device)
         targets = prompts.targets.to(device)[prompt_index]  # (B, T_target)
         width = max(cleaned.shape[1], targets.shape[1])
         pad = self.vocab.pad_id

@@ -11,7 +11,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.sequence.env import build_task, observation_space
+from envs.sequence.env import build_task, sequence_observation_space
 from envs.sequence.task import SPLITS, PromptBatch, SequenceTask, Split, check_int
 
 
@@ -67,7 +67,9 @@ class SequenceVectorEnv(VectorEnv):
 
         self.single_action_space = spaces.Discrete(self.task.vocab.size)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.single_observation_space = observation_space(self.task, self.max_episode_steps)
+        self.single_observation_space = sequence_observation_space(
+            self.task, self.max_episode_steps
+        )
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
 
         width = self.task.prompt_length + self.max_episode_steps

@@ -64,23 +64,11 @@ class HardPromptTask(ListTask):
 
     def _sample_content(self, num: int, rng: np.random.Generator) -> Content:
         content = super()._sample_content(num, rng)
-        content["hard"] = rng.random(num) < self.hard_fraction
+        content["marked"] = rng.random(num) < self.hard_fraction
         return content
-
-    def _marked(self, content: Content) -> np.ndarray:
-        return content["hard"]
-
-    def _answer_prefix(self, content: Content) -> np.ndarray:
-        return content["hard"]
 
     def _hard(self, content: Content) -> np.ndarray:
-        return content["hard"]
-
-    def _parse(self, tokens: list[str]) -> Content:
-        hard = tokens[-2:-1] == [self.MARKER]
-        content = super()._parse(tokens[:-2] + tokens[-1:] if hard else tokens)
-        content["hard"] = np.array(hard)
-        return content
+        return content["marked"]
 
     def common_answers(self, prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The reversed list then ``<eos>`` for every prompt: correct on easy prompts only.

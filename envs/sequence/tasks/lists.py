@@ -18,8 +18,9 @@ class ListTask(SequenceTask):
     Prompt: ``<bos> v_1 ... v_m =`` with m uniform in ``[min_list_length, list_length]`` and the
     values i.i.d. uniform; value v is the token ``str(v)`` (digits by default). Answer: the
     transformed list then ``<eos>``; it is unique. Subclasses choose the transformation and may
-    declare a ``MARKER`` token that some prompts carry before ``=`` and an ``ANSWER_PREFIX``
-    token that some answers start with (``hard_prompt`` does).
+    declare a ``MARKER`` token and an ``ANSWER_PREFIX`` token (``hard_prompt`` does): rows whose
+    content has ``marked`` True carry the marker before ``=`` and their answer starts with the
+    prefix, ``<bos> 3 1 4 ? =`` -> ``! 4 1 3 <eos>``.
 
     Args:
         list_length: longest list (prompt ``list_length + 2`` tokens).
@@ -64,8 +65,8 @@ class ListTask(SequenceTask):
         """The answer lists (N, W), left-aligned, of the lists ``values`` (N, W) of ``lengths``."""
 
     def _marked(self, content: Content) -> np.ndarray:
-        """(N,) bool: rows whose prompt carries ``MARKER`` before ``=``."""
-        return np.zeros(len(content["lengths"]), dtype=bool)
+        """(N,) bool: rows with ``MARKER`` in the prompt and ``ANSWER_PREFIX`` in the answer."""
+        return content.get("marked", np.zeros(len(content["lengths"]), dtype=bool))
 
     def _sample_content(self, num: int, rng: np.random.Generator) -> Content:
         lengths = rng.integers(self.min_list_length, self.list_length + 1, num)
@@ -88,14 +89,10 @@ class ListTask(SequenceTask):
         body[rows, 1 + lengths + marked] = equals
         return right_align(body, 2 + lengths + marked, self.vocab.pad_id)
 
-    def _answer_prefix(self, content: Content) -> np.ndarray:
-        """(N,) bool: rows whose answer starts with ``ANSWER_PREFIX``."""
-        return np.zeros(len(content["lengths"]), dtype=bool)
-
     def _targets(self, content: Content) -> np.ndarray:
         values, lengths = content["values"], content["lengths"]
         answer = self._transform(values, lengths)  # (N, W), left-aligned
-        prefix = self._answer_prefix(content).astype(np.int64)  # (N,) 0 or 1
+        prefix = self._marked(content).astype(np.int64)  # (N,) 0 or 1
         rows = np.arange(len(lengths))
         targets = np.full((len(lengths), self.max_response_length), self.vocab.pad_id)
         if prefix.any():
@@ -108,20 +105,25 @@ class ListTask(SequenceTask):
         return targets
 
     def _parse(self, tokens: list[str]) -> Content:
-        items = tokens[:-1]
+        marked = self.MARKER is not None and tokens[-2:-1] == [self.MARKER]
+        items = tokens[: -2 if marked else -1]
         value_symbols = self.vocab.symbols[: self.num_values]
         if (
             tokens[-1:] != ["="]
             or not self.min_list_length <= len(items) <= self.list_length
             or not all(t in value_symbols for t in items)
         ):
+            marker = "" if self.MARKER is None else f" [{self.MARKER}]"
             raise ValueError(
                 f"a {self.name} prompt is '<{self.min_list_length} to {self.list_length} values "
-                f"in 0..{self.num_values - 1}> =', got {' '.join(tokens)!r}"
+                f"in 0..{self.num_values - 1}>{marker} =', got {' '.join(tokens)!r}"
             )
         values = np.full(self.list_length, _ABSENT)
         values[: len(items)] = [int(t) for t in items]
-        return {"values": values, "lengths": np.array(len(items))}
+        content = {"values": values, "lengths": np.array(len(items))}
+        if self.MARKER is not None:
+            content["marked"] = np.array(marked)
+        return content
 
 
 def reverse_lists(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
