@@ -209,9 +209,9 @@ class SequenceTask(ABC):
     def _parse(self, tokens: list[str]) -> Content:
         """The content of one prompt given as tokens (without ``<bos>``); ValueError if bad."""
 
-    def _hard(self, content: Content) -> np.ndarray:
-        """Which rows are in the hard bucket: (N,) bool."""
-        return np.zeros(len(next(iter(content.values()))), dtype=bool)
+    def _hard(self, content: Content) -> np.ndarray | None:
+        """Which rows are in the hard bucket: (N,) bool, or None for none of them."""
+        return None
 
     # ---- prompts --------------------------------------------------------------------------
 
@@ -286,6 +286,7 @@ class SequenceTask(ABC):
     def _batch(self, content: Content, device: torch.device | str) -> PromptBatch:
         tokens = self._prompt_tokens(content)  # (P, L)
         targets = self._targets(content)  # (P, T)
+        hard = self._hard(content)  # (P,) or None
         assert tokens.shape[1] == self.prompt_length
         assert targets.shape[1] == self.max_response_length
 
@@ -297,7 +298,7 @@ class SequenceTask(ABC):
             lengths=tensor((tokens != self.vocab.pad_id).sum(axis=1).astype(np.int64)),
             targets=tensor(targets.astype(np.int64)),
             target_lengths=tensor(np.argmax(targets == self.vocab.eos_id, axis=1) + 1),
-            hard=tensor(self._hard(content)),
+            hard=tensor(np.zeros(len(tokens), dtype=bool) if hard is None else hard),
             content={key: tensor(value) for key, value in content.items()},
         )
 
@@ -394,7 +395,7 @@ class SequenceTask(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(correct, well_formed)`` (B,) bool by comparison with the unique target."""
         device = cleaned.device
-        targets = prompts.targets.to(device)[prompt_index]  # (B, T_target)
+        targets = prompts.targets.to(device).index_select(0, prompt_index)  # (B, T_target)
         width = max(cleaned.shape[1], targets.shape[1])
         pad = self.vocab.pad_id
         response = torch.nn.functional.pad(cleaned, (0, width - cleaned.shape[1]), value=pad)

@@ -28,7 +28,8 @@ class SequenceVectorEnv(VectorEnv):
     Observations are ``{"tokens": (B, L + T) long, "length": (B,) long}`` tensors on ``device``
     (as in ``SequenceEnv``); rewards are (B,) float32, terminations and truncations (B,) bool.
     Actions are a (B,) integer tensor (or numpy array) of token ids; their shape, dtype and range
-    are checked at every step (one host synchronisation, one more on steps where rows end).
+    are checked at every step. A step synchronises with the host twice (the range check and
+    whether a row ended) and once more when rows end (their scoring).
 
     Args:
         num_envs: B.
