@@ -88,6 +88,18 @@ def test_single_env_passes_task_arguments_and_rejects_bad_actions():
     env.step(np.int64(3))  # numpy integers are fine
 
 
+def test_single_env_draws_from_its_split_and_accepts_a_task_instance():
+    task = make_task("addition", num_digits=1)
+    env = gym.make("ToyEntropy/Addition-v0", task=task, split="eval")
+    prompts = [env.reset(seed=s)[1]["prompt"] for s in range(20)]
+    assert task.is_eval(task.prompts_from_text(prompts)).all()
+    assert env.observation_space["tokens"].shape == (5 + 3,)
+    with pytest.raises(ValueError, match="split must be one of"):
+        gym.make("ToyEntropy/Addition-v0", split="test")
+    with pytest.raises(ValueError, match="render_mode"):
+        make_vec("ToyEntropy/Addition-v0", 2, render_mode="human")
+
+
 def test_single_env_is_seeded_through_np_random():
     env = gym.make("ToyEntropy/Countdown-v0")
     first = [env.reset(seed=5)[1]["prompt"] for _ in range(2)]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.sequence.task import SPLITS, PromptBatch, SequenceTask, Split
+from envs.sequence.task import PromptBatch, SequenceTask, Split, check_split
 from envs.sequence.tasks import make_task
 
 
@@ -22,6 +22,19 @@ def build_task(task: str | SequenceTask, task_kwargs: dict[str, Any]) -> Sequenc
     if not isinstance(task, str):
         raise TypeError(f"task must be a task name or a SequenceTask, got {type(task).__name__}")
     return make_task(task, **task_kwargs)
+
+
+def check_env_args(split: object, render_mode: object) -> None:
+    """ValueError unless ``split`` is a split and ``render_mode`` is None or ``"ansi"``."""
+    check_split(split)
+    if render_mode not in (None, "ansi"):
+        raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+
+
+def render_text(task: SequenceTask, tokens: np.ndarray | torch.Tensor) -> str:
+    """``"<prompt> | <response>"`` of one row of prompt and response tokens (L + T,)."""
+    prompt = task.vocab.decode(tokens[: task.prompt_length])
+    return f"{prompt} | {task.vocab.decode(tokens[task.prompt_length :])}"
 
 
 def sequence_observation_space(task: SequenceTask, max_response_length: int) -> spaces.Dict:
@@ -97,10 +110,7 @@ class SequenceEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         **task_kwargs: Any,
     ) -> None:
         self.task = build_task(task, task_kwargs)
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        check_env_args(split, render_mode)
         self.split = split
         self.render_mode = render_mode
         self.action_space = spaces.Discrete(self.task.vocab.size)
@@ -168,6 +178,4 @@ class SequenceEnv(gym.Env[dict[str, np.ndarray], np.int64]):
                 "render() was called without a render_mode; make the env with render_mode='ansi'"
             )
             return None
-        prompt = self.task.vocab.decode(self._tokens[: self.task.prompt_length])
-        response = self.task.vocab.decode(self._tokens[self.task.prompt_length :])
-        return f"{prompt} | {response}"
+        return render_text(self.task, self._tokens)

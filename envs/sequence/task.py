@@ -137,6 +137,18 @@ def right_align(rows: np.ndarray, lengths: np.ndarray, fill: int) -> np.ndarray:
     return np.where(src >= 0, gathered, fill)
 
 
+def check_split(split: object) -> None:
+    """ValueError unless ``split`` is ``"train"`` or ``"eval"``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def through_first(flags: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: True up to and including each row's first True of ``flags`` (B, T) bool."""
+    flags = flags.long()
+    return (flags.cumsum(dim=1) - flags) == 0
+
+
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """Validate an int argument in [low, high] and return it as a Python int."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
@@ -231,8 +243,7 @@ class SequenceTask(ABC):
             device: where the returned tensors live.
         """
         num = check_int("num", num, 1)
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        check_split(split)
         want_eval = split == "eval"
         share = self.eval_fraction if want_eval else 1.0 - self.eval_fraction
         if share == 0.0:
@@ -380,9 +391,7 @@ class SequenceTask(ABC):
             if bad_token:
                 raise ValueError(f"responses must hold token ids in [0, {self.vocab.size})")
         responses = responses.long()
-        is_eos = (responses == self.vocab.eos_id) & response_mask  # (B, T)
-        eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # (B, T) eos strictly before
-        valid = response_mask & (eos_before == 0)
+        valid = response_mask & through_first((responses == self.vocab.eos_id) & response_mask)
         cleaned = torch.where(valid, responses, self.vocab.pad_id)
         return prompt_index, valid, cleaned
 
@@ -437,8 +446,7 @@ class SequenceTask(ABC):
 
     def _mask_of(self, responses: torch.Tensor) -> torch.Tensor:
         """(P, T) bool, True up to and including the first ``<eos>`` of each row."""
-        is_eos = (responses == self.vocab.eos_id).long()
-        return (is_eos.cumsum(dim=1) - is_eos) == 0
+        return through_first(responses == self.vocab.eos_id)
 
     def __repr__(self) -> str:
         return (

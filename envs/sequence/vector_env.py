@@ -11,8 +11,13 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.sequence.env import build_task, sequence_observation_space
-from envs.sequence.task import SPLITS, PromptBatch, SequenceTask, Split, check_int
+from envs.sequence.env import (
+    build_task,
+    check_env_args,
+    render_text,
+    sequence_observation_space,
+)
+from envs.sequence.task import PromptBatch, SequenceTask, Split, check_int
 
 
 class SequenceVectorEnv(VectorEnv):
@@ -55,10 +60,7 @@ class SequenceVectorEnv(VectorEnv):
     ) -> None:
         self.task = build_task(task, task_kwargs)
         self.num_envs = check_int("num_envs", num_envs, 1)
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        check_env_args(split, render_mode)
         if max_episode_steps is None:
             max_episode_steps = self.task.max_response_length
         self.max_episode_steps = check_int("max_episode_steps", max_episode_steps, 1)
@@ -176,9 +178,4 @@ class SequenceVectorEnv(VectorEnv):
                 "render() was called without a render_mode; make the env with render_mode='ansi'"
             )
             return None
-        prompt_length = self.task.prompt_length
-        return tuple(
-            f"{self.task.vocab.decode(row[:prompt_length])} | "
-            f"{self.task.vocab.decode(row[prompt_length:])}"
-            for row in self._tokens.cpu()
-        )
+        return tuple(render_text(self.task, row) for row in self._tokens.cpu())
