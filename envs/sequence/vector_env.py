@@ -150,9 +150,9 @@ class SequenceVectorEnv(VectorEnv):
     def step(
         self, actions: torch.Tensor | np.ndarray
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        actions = self._check_actions(actions)
         if self.prompts is None:
             raise RuntimeError("call reset() before step()")
+        actions = self._check_actions(actions)
         active = ~self._done  # (B,)
         column = (self.task.prompt_length + self._steps).clamp(max=self._tokens.shape[1] - 1)
         current = self._tokens.gather(1, column[:, None]).squeeze(1)  # (B,)
