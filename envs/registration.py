@@ -28,10 +28,8 @@ def register_all() -> None:
         entry_point="envs.bandit:ContextualBanditEnv",
         vector_entry_point="envs.bandit_vector:ContextualBanditVectorEnv",
     )
-    try:
-        from envs.sequence import register_sequence_envs
-    except ImportError:  # the sequence tasks are optional while they are being built
-        return
+    from envs.sequence import register_sequence_envs
+
     register_sequence_envs(_register)
 
 

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from envs.sequence import make_task
 from toy_entropy.advantages import compute_advantages, filter_uniform_groups
+from toy_entropy.checkpoint import save_checkpoint
 from toy_entropy.config import (
     ConfigError,
     check_choice,
@@ -40,7 +42,7 @@ from toy_entropy.entropy import (
     predicted_entropy_change,
 )
 from toy_entropy.losses import PolicyLossConfig, compute_policy_loss, select_tokens
-from toy_entropy.model import PRESETS, GPT, GPTConfig
+from toy_entropy.model import GPT, PRESETS, GPTConfig
 from toy_entropy.warmstart import WarmStartConfig, warm_start
 
 __all__ = ["TrainConfig", "Trainer", "StepRecord"]
@@ -122,10 +124,12 @@ class TrainConfig:
     """responses whose every position is a probe state of the live identity check"""
     histogram_every: int = 10
     """TensorBoard histograms every this many steps (0 disables)"""
+    checkpoint_every: int = 0
+    """checkpoint every this many steps (0: only at the end)"""
+    keep_checkpoints: int = 3
+    """newest checkpoints kept on disk"""
     rollout_seed_offset: int = 0
     """added to the run seed for the rollout randomness (the warm start uses the run seed)"""
-    loss_extra: dict = field(default_factory=dict, repr=False)
-    """unused by the CLI; tests may pass PolicyLossConfig fields not listed above"""
 
     def __post_init__(self) -> None:
         from envs.sequence import TASKS
@@ -150,6 +154,8 @@ class TrainConfig:
         check_positive_int("eval_samples", self.eval_samples)
         check_positive_int("probe_states", self.probe_states)
         check_range("histogram_every", self.histogram_every, 0)
+        check_range("checkpoint_every", self.checkpoint_every, 0)
+        check_range("keep_checkpoints", self.keep_checkpoints, 1)
         batch = self.num_prompts * self.num_generations
         if batch % self.num_mini_batches:
             raise ConfigError(
@@ -173,7 +179,7 @@ class TrainConfig:
         """The policy-loss config made of this config's loss fields."""
         names = {f.name for f in fields(PolicyLossConfig)}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in names}
-        return PolicyLossConfig(**{**values, **self.loss_extra})
+        return PolicyLossConfig(**values)
 
 
 @dataclass
@@ -203,6 +209,7 @@ class Trainer:
         device: torch device.
         log_fn: ``log_fn(step, metrics: dict[str, float])`` (e.g. ``RunWriter.log``).
         writer: optional RunWriter for histograms and figures.
+        checkpoint_dir: where checkpoints go (None: no checkpoints).
     """
 
     def __init__(
@@ -212,9 +219,11 @@ class Trainer:
         device: torch.device,
         log_fn: Callable[[int, dict], None] | None = None,
         writer=None,
+        checkpoint_dir: Path | None = None,
     ) -> None:
         self.config, self.seed, self.device = config, seed, torch.device(device)
         self.log_fn, self.writer = log_fn, writer
+        self.checkpoint_dir = checkpoint_dir
         self.task = make_task(config.task, extra_tokens=config.extra_tokens)
         vocab = self.task.vocab
         self.prompt_length = self.task.prompt_length
@@ -252,6 +261,7 @@ class Trainer:
         )
         self.probe = self._make_probe(seed + 5)
         self.step = 0
+        self.initial_eval: dict[str, float] = {}
         self.history: list[StepRecord] = []
         self.identity_points: list[tuple[float, float]] = []
 
@@ -369,10 +379,11 @@ class Trainer:
             advantages,
             take["mask"],
             generator=self.selection_generator,
+            cov_stats=True,
         )
         num_rows = rows.numel()
         micro = cfg.micro_batch_size or num_rows
-        totals: dict[str, torch.Tensor] = {}
+        totals: dict[str, torch.Tensor] = dict(selection.metrics)  # batch-level, not summed
         self.optimizer.zero_grad(set_to_none=True)
         for start in range(0, num_rows, micro):
             part = slice(start, start + micro)
@@ -384,7 +395,7 @@ class Trainer:
                 old_lp[part],
                 advantages[part],
                 take["mask"][part],
-                selection.rows(part),
+                selection[part],
                 entropy=entropy_from_logits(logits) if cfg.entropy_coeff else None,
                 ref_log_probs=None if ref_lp is None else ref_lp[part],
             )
@@ -470,7 +481,25 @@ class Trainer:
         if self.log_fn is not None:
             self.log_fn(self.step, host)
         self.history.append(StepRecord(self.step, host))
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
         return host
+
+    def save_checkpoint(self) -> Path | None:
+        """Write model, optimiser, RNG states, step and config atomically (if enabled)."""
+        if self.checkpoint_dir is None:
+            return None
+        state = {
+            "step": self.step,
+            "config": asdict(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "generator": self.generator.get_state(),
+            "selection_generator": self.selection_generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        return save_checkpoint(self.checkpoint_dir, self.step, state, self.config.keep_checkpoints)
 
     def _identity(self, before: torch.Tensor, after: torch.Tensor):
         """Mean actual and predicted entropy change (nats) over the probe states."""

@@ -4,7 +4,8 @@ RL in the paper starts from a pretrained model that already solves some prompts 
 about the rest. Here a fresh transformer is trained by cross-entropy on demonstrations of which
 a fraction ``noise`` is replaced by a corrupted answer (tokens of the answer alphabet at random
 positions swapped in), so the warm-started policy puts mass on wrong answers: ``noise`` sets its
-starting accuracy and entropy. The trained weights are cached on disk keyed by a hash of
+starting accuracy and entropy. (For ``hard_prompt``, the task's own
+``warm_start_demonstrations`` already show a decoy answer on most hard prompts.) The trained weights are cached on disk keyed by a hash of
 everything that determines them, so runs with the same warm start reuse it.
 """
 
@@ -96,7 +97,7 @@ def _train(task, model: GPT, config: WarmStartConfig, seed: int) -> None:
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    answer_ids = torch.nonzero(task._answer_table).flatten()
+    answer_ids = torch.tensor(task.vocab.encode(list(task.vocab.symbols)))  # (A,) task tokens
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
     model.train()
     for _ in range(config.steps):
