@@ -31,6 +31,7 @@ import time
 import torch
 
 from toy_entropy.token_stats import (
+    DEFAULT_CHUNK_ELEMENTS,
     token_log_probs_and_entropy,
     token_log_probs_and_entropy_reference,
 )
@@ -94,7 +95,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32768, help="vocabulary size V")
     parser.add_argument("--tokens", type=int, default=2048, help="tokens N = B*T")
     parser.add_argument("--hidden", type=int, default=512, help="hidden width C")
-    parser.add_argument("--chunk-size", type=int, default=512, help="tokens per chunk")
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help="tokens per chunk (default: the library's)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -106,8 +109,9 @@ def main() -> None:
         return
 
     logits_bytes = args.tokens * args.vocab * 4
+    chunk = args.chunk_size or max(1, DEFAULT_CHUNK_ELEMENTS // args.vocab)
     print(
-        f"V={args.vocab} N={args.tokens} C={args.hidden} chunk={args.chunk_size} "
+        f"V={args.vocab} N={args.tokens} C={args.hidden} chunk={chunk} "
         f"device={args.device} torch={torch.__version__}"
     )
     print(f"one fp32 (N, V) logits tensor: {logits_bytes / MIB:.1f} MiB")
