@@ -78,6 +78,61 @@ class EntropyChangeSplit:
     first_order: float
 
 
+def _prefix_tables(
+    vocab_size: int, max_length: int, eos_id: int, pad_id: int, level_starts: list[int]
+) -> dict[str, torch.Tensor]:
+    """Index tables of the prefix tree, in the order described in the module docstring.
+
+    Returns ``non_eos`` (V-1,) the non-EOS tokens by rank; ``child`` (S, V) the state reached
+    by each action (-1 where the response ends); ``terminal_response`` (S, V) the response an
+    action ends (-1 where it goes on); ``state_depth`` (S,); ``responses`` (R, L) the tokens of
+    every response (``pad_id`` after its end), ``response_states`` (R, L) the state each token
+    is drawn in (0 after the end), ``response_lengths`` (R,) and ``response_mask`` (R, L).
+    """
+    V, L, K = vocab_size, max_length, vocab_size - 1
+    S = level_starts[L]
+    R = S + K**L
+    non_eos = [a for a in range(V) if a != eos_id]
+    child = [[-1] * V for _ in range(S)]
+    terminal = [[-1] * V for _ in range(S)]
+    tokens: list[list[int]] = [[]] * R
+    states: list[list[int]] = [[]] * R
+    prefixes: list[list[int]] = [[]]  # tokens of every state's prefix, in state order
+    paths: list[list[int]] = [[0]]  # states visited up to and including each state
+    for s in range(S):
+        t = len(prefixes[s])
+        ends = [(eos_id, s)]  # (action, response index) pairs that end a response
+        if t + 1 < L:
+            first_child = level_starts[t + 1] + (s - level_starts[t]) * K
+            for rank, a in enumerate(non_eos):
+                child[s][a] = first_child + rank
+                prefixes.append(prefixes[s] + [a])
+                paths.append(paths[s] + [first_child + rank])
+        else:
+            first_truncated = S + (s - level_starts[t]) * K
+            ends += [(a, first_truncated + rank) for rank, a in enumerate(non_eos)]
+        for a, r in ends:
+            terminal[s][a] = r
+            tokens[r] = prefixes[s] + [a]
+            states[r] = paths[s]
+    lengths = torch.tensor([len(y) for y in tokens])  # (R,)
+    mask = torch.arange(L)[None, :] < lengths[:, None]  # (R, L)
+    padded_tokens = torch.full((R, L), pad_id, dtype=torch.long)
+    padded_tokens[mask] = torch.tensor([a for y in tokens for a in y])
+    padded_states = torch.zeros(R, L, dtype=torch.long)
+    padded_states[mask] = torch.tensor([s for path in states for s in path])
+    return {
+        "non_eos": torch.tensor(non_eos),
+        "child": torch.tensor(child),
+        "terminal_response": torch.tensor(terminal),
+        "state_depth": torch.tensor([len(prefix) for prefix in prefixes]),
+        "responses": padded_tokens,
+        "response_states": padded_states,
+        "response_lengths": lengths,
+        "response_mask": mask,
+    }
+
+
 class PrefixPolicy(nn.Module):
     """Tabular softmax policy over (prompt, response prefix) states with exact enumeration.
 
@@ -115,13 +170,13 @@ class PrefixPolicy(nn.Module):
             raise ValueError(f"PrefixPolicy: eos_id must be in [0, {vocab_size}), got {eos_id}")
         if init_std < 0:
             raise ValueError(f"PrefixPolicy: init_std must be >= 0, got {init_std}")
-        P, V, L, B = num_prompts, vocab_size, max_length, vocab_size - 1
+        P, V, L, K = num_prompts, vocab_size, max_length, vocab_size - 1
         self.num_prompts, self.vocab_size, self.max_length = P, V, L
         self.eos_id, self.pad_id = eos_id, pad_id
-        self.level_sizes = [B**t for t in range(L)]  # states per depth
+        self.level_sizes = [K**t for t in range(L)]  # states per depth
         self.level_starts = [sum(self.level_sizes[:t]) for t in range(L + 1)]
         self.num_states = S = self.level_starts[L]
-        self.num_responses = R = S + B**L
+        self.num_responses = R = S + K**L
         if P * S * V > MAX_TABLE_ENTRIES or R * L > MAX_TABLE_ENTRIES:
             raise ValueError(
                 f"PrefixPolicy: P={P}, V={V}, L={L} gives {P * S * V} logits and {R} responses; "
@@ -133,46 +188,8 @@ class PrefixPolicy(nn.Module):
             logits = init_std * torch.randn(P, S, V, generator=generator, dtype=dtype)
         self.logits = nn.Parameter(logits)
 
-        non_eos = [a for a in range(V) if a != eos_id]  # by rank
-        child = [[-1] * V for _ in range(S)]
-        terminal = [[-1] * V for _ in range(S)]
-        tokens: list[list[int]] = [[]] * R
-        states: list[list[int]] = [[]] * R
-        prefixes: list[list[int]] = [[]]  # tokens of every state's prefix, in state order
-        paths: list[list[int]] = [[0]]  # states visited up to and including each state
-        for s in range(S):
-            t = len(prefixes[s])
-            ends = [(eos_id, s)]  # (action, response index) pairs that end a response
-            if t + 1 < L:
-                first_child = self.level_starts[t + 1] + (s - self.level_starts[t]) * B
-                for rank, a in enumerate(non_eos):
-                    child[s][a] = first_child + rank
-                    prefixes.append(prefixes[s] + [a])
-                    paths.append(paths[s] + [first_child + rank])
-            else:
-                first_truncated = S + (s - self.level_starts[t]) * B
-                ends += [(a, first_truncated + rank) for rank, a in enumerate(non_eos)]
-            for a, r in ends:
-                terminal[s][a] = r
-                tokens[r] = prefixes[s] + [a]
-                states[r] = paths[s]
-        lengths = torch.tensor([len(y) for y in tokens])  # (R,)
-        mask = torch.arange(L)[None, :] < lengths[:, None]  # (R, L)
-        padded_tokens = torch.full((R, L), pad_id, dtype=torch.long)
-        padded_tokens[mask] = torch.tensor([a for y in tokens for a in y])
-        padded_states = torch.zeros(R, L, dtype=torch.long)
-        padded_states[mask] = torch.tensor([s for path in states for s in path])
-        buffers = {
-            "non_eos": torch.tensor(non_eos),  # (V-1,)
-            "child": torch.tensor(child),  # (S, V) child state, -1 where the response ends
-            "terminal_response": torch.tensor(terminal),  # (S, V) response index or -1
-            "state_depth": torch.tensor([len(prefix) for prefix in prefixes]),  # (S,)
-            "responses": padded_tokens,  # (R, L)
-            "response_states": padded_states,  # (R, L) state before each token
-            "response_lengths": lengths,  # (R,)
-            "response_mask": mask,  # (R, L)
-        }
-        for name, value in buffers.items():
+        tables = _prefix_tables(V, L, eos_id, pad_id, self.level_starts)
+        for name, value in tables.items():
             self.register_buffer(name, value, persistent=False)
 
     # ----- exact distributions -------------------------------------------------------------

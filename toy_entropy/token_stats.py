@@ -10,7 +10,9 @@ hidden states and the output-embedding matrix it never forms all (N, V) logits: 
 autograd function recomputes ``logits = hidden_chunk @ W^T`` chunk by chunk in the forward and
 again in the backward pass and accumulates the gradients with respect to the hidden states and
 W. The softmax statistics are computed in fp32 inside each chunk, also under bf16 autocast
-(the matmul itself then runs in the autocast dtype).
+(the matmul itself then runs in the autocast dtype). Given (N, V) logits instead, it saves the
+log-softmax and probability copies: the logits' gradient is the only full-size allocation.
+bench/RESULTS_memory.md has the measured peaks.
 
 The gradients are those of the exact expressions: with ``p = softmax(z)``, ``lp = z_y - lse(z)``
 and ``H = lse(z) - sum_a p_a z_a``,
