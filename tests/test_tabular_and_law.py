@@ -112,3 +112,24 @@ def test_law_extrapolation_error_is_measured_on_the_rest():
 def test_law_bad_input(entropy, reward, message):
     with pytest.raises(ValueError, match=message):
         fit_entropy_reward_law(entropy, reward)
+
+
+def test_advantage_estimators_hand_computed():
+    from toy_entropy.advantages import compute_advantages, filter_uniform_groups
+
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    std = torch.tensor([1.0, 0.0, 0.0, 1.0]).std().item()  # unbiased: sqrt(1/3)
+    grpo = compute_advantages("grpo", rewards)
+    assert grpo[0, 0].item() == pytest.approx(0.5 / (std + 1e-6))
+    assert torch.equal(grpo[1], torch.zeros(4))
+    assert torch.equal(
+        compute_advantages("dr_grpo", rewards)[0], torch.tensor([0.5, -0.5, -0.5, 0.5])
+    )
+    rloo = compute_advantages("rloo", rewards)[0]
+    torch.testing.assert_close(rloo, torch.tensor([1 - 1 / 3, -2 / 3, -2 / 3, 1 - 1 / 3]))
+    assert compute_advantages("reinforce", rewards)[0, 1].item() == pytest.approx(-0.75)
+    assert filter_uniform_groups(rewards).tolist() == [True, False]
+    with pytest.raises(ValueError, match="rloo"):
+        compute_advantages("ppo", rewards)
+    with pytest.raises(ValueError, match="G >= 2"):
+        compute_advantages("grpo", rewards[:, :1])

@@ -402,7 +402,6 @@ class Trainer:
             loss.backward()
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0) + value.detach()
-            totals["loss/policy_total"] = totals.get("loss/policy_total", 0) + loss.detach()
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(
             parameters, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
