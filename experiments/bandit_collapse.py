@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-from toy_entropy.advantages import compute_advantages
 
 import envs  # noqa: F401  (registers the ToyEntropy ids)
 from experiments.bandit_priors import prior_problem
 from experiments.registry import ExperimentResult, RunContext, experiment
+from toy_entropy.advantages import compute_advantages
 from toy_entropy.claims import Claim, greater_than, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.entropy import entropy_from_logits

@@ -10,7 +10,7 @@ from experiments import RunContext
 from experiments.training_runs import train_one_run
 from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.config import ConfigError
-from toy_entropy.trainer import Trainer, TrainConfig
+from toy_entropy.trainer import TrainConfig, Trainer
 
 FAST = dict(warmstart_steps=150, total_steps=12, eval_every=6, eval_prompts=32, probe_states=16)
 

@@ -5,8 +5,9 @@ about the rest. Here a fresh transformer is trained by cross-entropy on demonstr
 a fraction ``noise`` is replaced by a corrupted answer (tokens of the answer alphabet at random
 positions swapped in), so the warm-started policy puts mass on wrong answers: ``noise`` sets its
 starting accuracy and entropy. (For ``hard_prompt``, the task's own
-``warm_start_demonstrations`` already show a decoy answer on most hard prompts.) The trained weights are cached on disk keyed by a hash of
-everything that determines them, so runs with the same warm start reuse it.
+``warm_start_demonstrations`` already show a decoy answer on most hard prompts.) The trained
+weights are cached on disk keyed by a hash of everything that determines them, so runs with the
+same warm start reuse it.
 """
 
 from __future__ import annotations
