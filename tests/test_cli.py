@@ -69,3 +69,18 @@ def test_existing_output_directory_is_refused_without_overwrite(tmp_path, capsys
     assert main(["run", "bandit-identity", "--quick", "--quiet", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "data"
+
+
+def test_bandit_collapse_quick_reproduces_the_issue_claims(tmp_path):
+    out = tmp_path / "collapse"
+    assert main(["run", "bandit-collapse", "--quick", "--quiet", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    claims = {c["id"]: c for c in summary["claims"]}
+    assert all(c["holds"] for c in claims.values()), [
+        k for k, c in claims.items() if not c["holds"]
+    ]
+    for rule in ("pg", "npg"):
+        assert claims[f"collapse.best-rare__{rule}.entropy_rises_first"]["measured"] > 0
+        assert claims[f"collapse.best-likely__{rule}.entropy_falls_from_start"]["measured"] < 0
+    seeds = sorted(p.name for p in (out / "best-rare__pg").iterdir())
+    assert {"expected", "ode", "sampled-mean", "seed0"} <= set(seeds)
