@@ -1,0 +1,36 @@
+"""Policy losses of the paper: PPO / clip-higher, Clip-Cov, KL-Cov, with regularisers.
+
+Batch-global (selection and normalisers over the whole optimisation batch and all ranks), free
+of host syncs, seeded. See :mod:`toy_entropy.losses.policy_losses` for the loss formulas and
+the two-phase use, :mod:`toy_entropy.losses.selection` for the selection.
+"""
+
+from toy_entropy.losses.aggregation import AGG_MODES, AggregationNorm, aggregate
+from toy_entropy.losses.config import PolicyLossConfig
+from toy_entropy.losses.diagnostics import COV_TOP_FRACTIONS
+from toy_entropy.losses.distributed import Collectives, SingleProcess, TorchDistributed
+from toy_entropy.losses.policy_losses import compute_policy_loss, policy_loss
+from toy_entropy.losses.registry import POLICY_LOSSES, get_policy_loss, register_policy_loss
+from toy_entropy.losses.regularizers import KL_ESTIMATORS, kl_estimate
+from toy_entropy.losses.selection import TokenSelection, select_tokens, token_covariance
+
+__all__ = [
+    "AGG_MODES",
+    "COV_TOP_FRACTIONS",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "AggregationNorm",
+    "Collectives",
+    "PolicyLossConfig",
+    "SingleProcess",
+    "TokenSelection",
+    "TorchDistributed",
+    "aggregate",
+    "compute_policy_loss",
+    "get_policy_loss",
+    "kl_estimate",
+    "policy_loss",
+    "register_policy_loss",
+    "select_tokens",
+    "token_covariance",
+]

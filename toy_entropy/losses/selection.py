@@ -1,0 +1,313 @@
+"""Batch-global token selection of Clip-Cov and KL-Cov, and the batch-level normalisers.
+
+Phase one of a loss step. :func:`select_tokens` runs once per optimisation step over the whole
+optimisation batch (all micro-batches, all data-parallel ranks) and returns a
+:class:`TokenSelection`: the selected-token mask, the normalisers of the aggregation and
+batch-level diagnostics. Phase two, :func:`toy_entropy.losses.compute_policy_loss`, runs per
+micro-batch on row slices ``selection[rows]``. So the micro-batch size and the number of ranks
+change neither the selected tokens nor the loss nor its gradient (THEORY.md s.6).
+
+Clip-Cov's selection depends on the current importance ratio (tokens PPO already clips are not
+candidates), so pass the detached current log-probs of the whole batch at the start of the
+step, e.g. from a no-grad forward pass; within the step the parameters do not change, so they
+equal the log-probs of the micro-batch forward passes.
+
+Everything runs on the tensors' device with static shapes: no ``.item()``, no ``nonzero``, no
+boolean indexing, no host branch on values. Selecting the n best of N positions, where n is
+a device tensor, uses a top-k with the static bound ``k = max(1, floor(ratio * B * T))`` >= n,
+takes the n-th value as a threshold, and breaks ties at the threshold by the lowest global
+token index (a cumulative sum), so the result is deterministic and identical on any split of
+the rows across ranks. The single exception: on CPU, where reading a value is free, an
+all-zero response mask raises ValueError; on accelerators the check would need a host sync,
+so it is skipped and such a batch gives a zero loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from toy_entropy.losses.aggregation import AggregationNorm
+from toy_entropy.losses.checks import check_token_tensors
+from toy_entropy.losses.config import PolicyLossConfig
+from toy_entropy.losses.diagnostics import (
+    COV_TOP_FRACTIONS,
+    count_of_fraction,
+    covariance_metrics,
+)
+from toy_entropy.losses.distributed import Collectives, as_collectives, global_top_values
+from toy_entropy.losses.ratio import ratio_terms
+
+__all__ = ["TokenSelection", "select_tokens", "token_covariance"]
+
+
+@dataclass(frozen=True)
+class TokenSelection:
+    """The result of :func:`select_tokens` for this rank's rows of the optimisation batch."""
+
+    selected: torch.Tensor
+    """``(B, T)`` bool: the tokens Clip-Cov removes / KL-Cov penalises (all False otherwise)."""
+    norm: AggregationNorm
+    """Normalisers of the whole batch (all ranks), for :func:`aggregate`."""
+    metrics: dict[str, torch.Tensor]
+    """Batch-level 0-dim diagnostics (``select/...``, ``cov/...``), the same on every rank.
+    Log them once per step; do not sum them over micro-batches."""
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> TokenSelection:
+        """The selection of a micro-batch: ``selected[rows]``, the global normalisers kept."""
+        return replace(self, selected=self.selected[rows])
+
+
+@dataclass(frozen=True)
+class _BatchView:
+    """This rank's detached batch with the global statistics a selector needs."""
+
+    config: PolicyLossConfig
+    log_probs: torch.Tensor  # (B, T) detached current log-probs
+    old_log_probs: torch.Tensor  # (B, T)
+    advantages: torch.Tensor  # (B, T)
+    valid: torch.Tensor  # (B, T) bool
+    weights: torch.Tensor  # (B, T) valid as 0/1 in the log-prob dtype
+    cov: torch.Tensor  # (B, T) per-token covariance with global means, raw at invalid
+    n_tokens: torch.Tensor  # () float64 global valid-token count
+    comm: Collectives
+    generator: torch.Generator | None
+
+
+Selector = Callable[[_BatchView], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@torch.no_grad()
+def token_covariance(
+    log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    log_prob_mean: torch.Tensor,
+    advantage_mean: torch.Tensor,
+) -> torch.Tensor:
+    """Per-token covariance ``(lp - mean lp) * (A - mean A)`` (THEORY.md s.4), without grad.
+
+    Args:
+        log_probs: ``(B, T)`` log-probs of the sampled tokens (used detached).
+        advantages: ``(B, T)``.
+        log_prob_mean: 0-dim mean of ``log_probs`` over the valid tokens of the whole batch.
+        advantage_mean: 0-dim mean of ``advantages`` over the same tokens.
+
+    Returns:
+        ``(B, T)`` covariance in ``log_probs.dtype``; entries at invalid positions are
+        meaningless and must be masked by the caller.
+    """
+    centred_lp = log_probs - log_prob_mean.to(log_probs.dtype)  # (B, T)
+    return centred_lp.mul_(advantages - advantage_mean.to(advantages.dtype))
+
+
+def _first_ties(
+    comm: Collectives, tied: torch.Tensor, budget: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the first ``budget`` tied positions of the global batch in global index order.
+
+    Whole rows are ranked by an exclusive prefix sum of their tie counts; only the (at most
+    one) row in which the budget runs out needs a within-row cumulative sum. This avoids a
+    cumulative sum over all B * T positions, the slowest step on CPU.
+
+    Args:
+        comm: the data-parallel group.
+        tied: ``(B, T)`` bool, this rank's tied positions.
+        budget: 0-dim int64, how many ties to keep globally.
+
+    Returns:
+        ``(B, T)`` bool kept ties, and the 0-dim global count of tied positions.
+    """
+    row_ties = tied.sum(dim=-1)  # (B,)
+    rank_ties = comm.all_gather(row_ties.sum().reshape(1))  # (world, 1)
+    before = row_ties.cumsum(0) - row_ties + rank_ties[: comm.rank].sum()  # (B,) earlier ties
+    kept = tied & (before + row_ties <= budget).unsqueeze(-1)  # (B, T) rows that fit whole
+    partial = (before < budget) & (before + row_ties > budget)  # (B,) at most one True
+    cut = partial.to(torch.uint8).argmax().reshape(1)  # (1,) that row, or row 0 if none
+    row = tied.index_select(0, cut)  # (1, T)
+    row_kept = row & (before.gather(0, cut).unsqueeze(-1) + row.cumsum(dim=-1) <= budget)
+    return kept.index_copy_(0, cut, row_kept), rank_ties.sum()
+
+
+def _select_top(
+    comm: Collectives,
+    score: torch.Tensor,
+    eligible: torch.Tensor,
+    n: torch.Tensor,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mark the ``n`` highest-scoring eligible positions of the global batch.
+
+    Args:
+        comm: the data-parallel group.
+        score: ``(B, T)`` this rank's scores; all ineligible positions hold one sentinel
+            value that is <= every eligible score.
+        eligible: ``(B, T)`` bool.
+        n: 0-dim int64 on the device, ``1 <= n <= k``; all eligible positions are marked when
+            fewer than n exist.
+        k: static bound on n.
+
+    Returns:
+        ``(B, T)`` bool mask of this rank's selected positions, and the 0-dim global count of
+        selected positions, ``min(n, eligible)``. Ties at the n-th score go to the lowest
+        global token index (rank-major, then row-major).
+    """
+    top = global_top_values(comm, score, k)  # (k,) descending, the same on every rank
+    threshold = top.gather(0, (n - 1).reshape(1))  # (1,) the n-th largest score
+    # Fewer than n scores exceed the threshold, so all of them are in `top`; none is a
+    # sentinel, since the sentinel is the smallest score.
+    n_above = (top > threshold).sum()
+    selected = score > threshold  # (B, T)
+    tied = score == threshold
+    tied &= eligible
+    budget = n - n_above
+    kept_ties, n_tied = _first_ties(comm, tied, budget)
+    selected |= kept_ties
+    return selected, n_above + torch.minimum(n_tied, budget)
+
+
+def _ppo_unclipped(view: _BatchView) -> torch.Tensor:
+    """``(B, T)`` bool: PPO does not clip the token, ``pg2 <= pg1`` of
+    :func:`~toy_entropy.losses.ratio.ratio_terms`, computed in place with fewer buffers.
+
+    ``pg = -A * x`` and negation is exact, so ``pg2 <= pg1`` iff ``A * clamp(r) >= A * r``.
+    """
+    config = view.config
+    ratio = view.log_probs - view.old_log_probs  # (B, T)
+    ratio.clamp_(-config.log_ratio_clamp, config.log_ratio_clamp).exp_()
+    clamped = ratio.clamp(1.0 - config.clip_ratio_low, 1.0 + config.clip_ratio_high)
+    return clamped.mul_(view.advantages) >= ratio.mul_(view.advantages)
+
+
+def _select_clip_cov(view: _BatchView) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clip-Cov: ``max(1, floor(clip_cov_ratio * N))`` uniform random tokens among the valid,
+    not PPO-clipped tokens with ``clip_cov_lb < cov < clip_cov_ub``."""
+    config, comm = view.config, view.comm
+    candidates = view.cov > config.clip_cov_lb  # (B, T)
+    candidates &= view.cov < config.clip_cov_ub
+    candidates &= view.valid
+    candidates &= _ppo_unclipped(view)
+    # Random 31-bit keys, one per position of the *global* batch, from the caller's generator:
+    # every rank draws the same tensor and keeps its rows, so the sample does not depend on
+    # the split. The n largest keys among the candidates are a uniform sample without
+    # replacement (equal keys, probability ~C / 2^31, go to the lower index).
+    rows, length = candidates.shape
+    keys = torch.empty(
+        (comm.world_size * rows, length), dtype=torch.int32, device=candidates.device
+    ).random_(generator=view.generator)[comm.rank * rows : (comm.rank + 1) * rows]
+    score = keys.mul_(candidates)  # (B, T); sentinel 0 <= every candidate's key
+    n = count_of_fraction(config.clip_cov_ratio, view.n_tokens)
+    k = max(1, int(config.clip_cov_ratio * comm.world_size * candidates.numel()))
+    selected, n_selected = _select_top(comm, score, candidates, n, k)
+    return selected, {"select/frac": n_selected / view.n_tokens}
+
+
+def _select_kl_cov(view: _BatchView) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """KL-Cov: the ``max(1, floor(kl_cov_ratio * N))`` valid tokens of largest covariance."""
+    config, comm = view.config, view.comm
+    # Sentinel -max at invalid positions (finite covariances are far above it); arithmetic
+    # instead of where() / masked_fill(), which are several times slower on CPU.
+    sentinel = torch.finfo(view.cov.dtype).max
+    score = view.cov - (1.0 - view.weights).mul_(sentinel)  # (B, T)
+    n = count_of_fraction(config.kl_cov_ratio, view.n_tokens)
+    k = max(1, int(config.kl_cov_ratio * comm.world_size * score.numel()))
+    selected, n_selected = _select_top(comm, score, view.valid, n, k)
+    return selected, {"select/frac": n_selected / view.n_tokens}
+
+
+SELECTORS: dict[str, Selector] = {"clip_cov": _select_clip_cov, "kl_cov": _select_kl_cov}
+"""Loss modes that select tokens; every other mode selects none."""
+
+
+@torch.no_grad()
+def select_tokens(
+    config: PolicyLossConfig,
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    generator: torch.Generator | None = None,
+    dist: object = None,
+    cov_stats: bool = False,
+    cov_top_fractions: Sequence[float] = COV_TOP_FRACTIONS,
+) -> TokenSelection:
+    """Select tokens and compute normalisers once over the whole optimisation batch.
+
+    Args:
+        config: the loss config; ``loss_mode`` decides the selection (clip_cov, kl_cov).
+        log_probs: ``(B, T)`` current log-probs of the sampled tokens (used detached).
+        old_log_probs: ``(B, T)`` log-probs under the rollout policy.
+        advantages: ``(B, T)`` per-token advantages.
+        response_mask: ``(B, T)`` nonzero at valid response tokens.
+        generator: Clip-Cov's random source, a ``torch.Generator`` on the tensors' device owned
+            by the caller (seed it identically on every rank); None uses torch's default one.
+        dist: None for one process, else a ``torch.distributed`` process group or a
+            :class:`~toy_entropy.losses.distributed.Collectives`. Each rank passes its own
+            rows, the same ``(B, T)`` shape on every rank, rank r holding global rows
+            ``[r * B, (r + 1) * B)``. Means, counts, candidates and the sample are global and
+            equal the single-process selection of the concatenated batch.
+        cov_stats: also compute the covariance diagnostics of
+            :func:`~toy_entropy.losses.diagnostics.covariance_metrics`.
+        cov_top_fractions: fractions for the top-covariance means (with ``cov_stats``).
+
+    Returns:
+        The :class:`TokenSelection` of this rank's rows.
+    """
+    caller = "select_tokens"
+    check_token_tensors(
+        caller,
+        response_mask,
+        log_probs=log_probs,
+        old_log_probs=old_log_probs,
+        advantages=advantages,
+    )
+    if generator is not None and generator.device.type != log_probs.device.type:
+        raise ValueError(
+            f"{caller}: generator is on {generator.device} but the tensors are on "
+            f"{log_probs.device}; create it with torch.Generator(device=...)"
+        )
+    comm = as_collectives(dist)
+    valid = response_mask.bool()  # (B, T)
+    weights = response_mask.to(log_probs.dtype)  # (B, T) 0/1
+    lp = log_probs.detach()
+    selector = SELECTORS.get(config.loss_mode)
+    needs_cov = selector is not None or cov_stats
+
+    row_stats = [weights.sum(dim=-1)]  # (B,) valid tokens per row
+    if needs_cov:
+        row_stats.append((lp * weights).sum(dim=-1))
+        row_stats.append((advantages * weights).sum(dim=-1))
+    row_stats = torch.stack(row_stats, dim=-1).to(torch.float64)  # (B, K)
+    all_rows = comm.all_gather(row_stats).reshape(-1, row_stats.shape[-1])  # (world * B, K)
+    totals = all_rows.sum(dim=0)  # (K,) summed in global row order
+    if totals.device.type == "cpu" and totals[0] == 0:
+        raise ValueError(f"{caller}: response_mask has no valid token in the whole batch")
+    token_sum_norm = config.loss_agg_norm if config.loss_agg_norm is not None else valid.shape[-1]
+    norm = AggregationNorm.from_counts(totals[0], (all_rows[:, 0] > 0).sum(), token_sum_norm)
+    if not needs_cov:
+        return TokenSelection(selected=torch.zeros_like(valid), norm=norm, metrics={})
+
+    lp_mean, adv_mean = totals[1] / norm.n_tokens, totals[2] / norm.n_tokens
+    cov = token_covariance(lp, advantages, lp_mean, adv_mean)  # (B, T)
+    selected, metrics = torch.zeros_like(valid), {}
+    if selector is not None:
+        view = _BatchView(
+            config,
+            lp,
+            old_log_probs,
+            advantages,
+            valid,
+            weights,
+            cov,
+            norm.n_tokens,
+            comm,
+            generator,
+        )
+        selected, metrics = selector(view)
+    if cov_stats:
+        ratio = ratio_terms(lp, old_log_probs, advantages, config).ratio
+        metrics |= covariance_metrics(
+            cov, valid, advantages, ratio, config, norm.n_tokens, comm, cov_top_fractions
+        )
+    return TokenSelection(selected=selected, norm=norm, metrics=metrics)
