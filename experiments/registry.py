@@ -49,14 +49,14 @@ class RunContext:
     seed: int
     device: torch.device
     show_progress: bool = True
-    _writers: list[RunWriter] = field(default_factory=list)
+    _writers: dict[str | None, RunWriter] = field(default_factory=dict)
 
     def writer(self, sub_run: str | None = None) -> RunWriter:
-        """A writer for the top-level run, or for the sub-run directory ``out_dir/sub_run``."""
-        directory = self.out_dir if sub_run is None else self.out_dir / sub_run
-        run_writer = RunWriter(directory)
-        self._writers.append(run_writer)
-        return run_writer
+        """The writer of the top-level run, or of the sub-run directory ``out_dir/sub_run``."""
+        if sub_run not in self._writers:
+            directory = self.out_dir if sub_run is None else self.out_dir / sub_run
+            self._writers[sub_run] = RunWriter(directory)
+        return self._writers[sub_run]
 
     def progress(self, iterable: Iterable, total: int | None = None, desc: str = ""):
         if not self.show_progress:
@@ -66,7 +66,7 @@ class RunContext:
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
     def close(self) -> None:
-        for run_writer in self._writers:
+        for run_writer in self._writers.values():
             run_writer.close()
         self._writers.clear()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.registry import RunContext
+from toy_entropy.config import config_to_dict
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.plots import plt, scatter_identity
 from toy_entropy.trainer import TrainConfig, Trainer
@@ -39,6 +40,11 @@ def train_one_run(
                 step=trainer.step, reward=f"{metrics['reward']:.3f}", H=f"{metrics['entropy']:.3f}"
             )
     trainer.save_checkpoint()
+    final = trainer.history[-1].metrics
+    writer.add_hparams(
+        {"seed": seed, **config_to_dict(config)},
+        {k: v for k, v in final.items() if k in ("entropy", "reward") or k.startswith("eval/")},
+    )
     writer.add_figure("identity/scatter_actual_vs_predicted", identity_figure(trainer))
     return trainer
 

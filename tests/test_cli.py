@@ -40,6 +40,8 @@ def test_bandit_identity_run_directory_and_claims(tmp_path, capsys):
     top = EventAccumulator(str(out))
     top.Reload()
     assert "identity/scatter_actual_vs_predicted" in top.Tags()["images"]
+    assert "config/text_summary" in top.Tags()["tensors"]
+    assert not (out / "metrics.jsonl").exists()  # the top level of a multi-run experiment
 
 
 @pytest.mark.parametrize(

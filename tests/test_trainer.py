@@ -50,6 +50,7 @@ def test_short_run_learns_and_collapses_entropy(tmp_path):
     assert {"charts/entropy", "charts/reward", "identity/predicted_dH"} <= set(tags["scalars"])
     assert "covariance/token_covariance" in tags["histograms"]
     assert "identity/scatter_actual_vs_predicted" in tags["images"]
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
     checkpoint = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
     assert checkpoint["step"] == 12 and "optimizer" in checkpoint and "model" in checkpoint
 

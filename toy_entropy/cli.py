@@ -111,10 +111,10 @@ def _run(args: argparse.Namespace) -> int:
         "config": config_to_dict(config),
         **environment_info(str(device)),
     }
-    atomic_write_json(out_dir / "config.json", resolved)
     print(f"toy-entropy: running {spec.name!r} into {out_dir}", flush=True)
     _seed_everything(args.seed)
     context = RunContext(out_dir, args.seed, device, show_progress=not args.quiet)
+    context.writer().write_config(resolved)  # config.json and TensorBoard text
     try:
         result = spec.run(config, context)
     finally:

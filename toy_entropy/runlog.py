@@ -96,7 +96,7 @@ class RunWriter:
     def __init__(self, directory: str | Path, tensorboard: bool = True) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._metrics_file = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._metrics_file = None  # opened on the first row, so a run without steps has no file
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -112,6 +112,8 @@ class RunWriter:
         """Append one metrics.jsonl row ``{"step": step, **metrics}`` and the TB scalars."""
         row = {"step": int(step)}
         row.update({name: to_jsonable(value) for name, value in metrics.items()})
+        if self._metrics_file is None:
+            self._metrics_file = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
         if self._tb is not None:
@@ -145,8 +147,21 @@ class RunWriter:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         atomic_write_json(self.directory / "summary.json", summary)
 
+    def add_hparams(self, hparams: Mapping[str, Any], final_metrics: Mapping[str, float]) -> None:
+        """Log the run's scalar config values and final metrics to TensorBoard's HPARAMS tab."""
+        if self._tb is None:
+            return
+        plain = {
+            k: v
+            for k, v in to_jsonable(dict(hparams)).items()
+            if isinstance(v, (int, float, str, bool))
+        }
+        finals = {f"hparams/{k.replace('/', '_')}": float(v) for k, v in final_metrics.items()}
+        self._tb.add_hparams(plain, finals, run_name=".")
+
     def close(self) -> None:
-        self._metrics_file.close()
+        if self._metrics_file is not None:
+            self._metrics_file.close()
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
