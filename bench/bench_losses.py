@@ -106,19 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1e4,1e5,1e6,1e7", help="token counts, comma-separated")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=0, help="timed repeats (0: by size)")
-    parser.add_argument("--out", default=None, help="also write the table (Markdown) here")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--out", default=None, help="also append the table (Markdown) here")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: CUDA is not available", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = [int(float(size)) for size in args.sizes.split(",")]
 
     header = "| tokens | " + " | ".join(f"{m} ms (x vanilla)" for m in MODES) + " |"
     lines = [header, "|" + "---|" * (len(MODES) + 1)]
-    print(header, flush=True)
+    print(header, lines[1], sep="\n", flush=True)
     for n_tokens in sizes:
-        repeats = args.repeats or (5 if n_tokens >= 10**7 else 11 if n_tokens >= 10**6 else 31)
+        repeats = args.repeats or (7 if n_tokens >= 10**7 else 21 if n_tokens >= 10**6 else 41)
         ms = time_modes(n_tokens, device, repeats)
         cells = [f"{ms[m]:.2f} ({ms[m] / ms['vanilla']:.2f}x)" for m in MODES]
         line = f"| {n_tokens:.0e} | " + " | ".join(cells) + " |"

@@ -109,13 +109,14 @@ def global_top_values(comm: Collectives, score: torch.Tensor, k: int) -> torch.T
     return gathered.topk(k).values
 
 
-def top_values(values: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
+def top_values(values: torch.Tensor, k: int, block: int = 32) -> torch.Tensor:
     """``values.topk(k).values`` of a 1-D tensor, faster when ``k`` is small.
 
     The k largest values lie in the k blocks (of ``block`` consecutive entries) with the
-    largest maxima: if the j-th largest value sat in a block outside them, those k blocks
-    would hold k maxima >= it, plus the value itself. So a top-k over the block maxima and a
-    top-k over the k chosen blocks replace one top-k over all entries. Shapes stay static.
+    largest maxima: were the j-th largest value (j <= k) in another block, the k chosen
+    blocks would hold k maxima >= it besides the value itself, k + 1 values >= the j-th
+    largest. So a top-k over the block maxima and a top-k over the k chosen blocks replace
+    one top-k over all entries. Shapes stay static.
     """
     n_blocks = values.numel() // block
     if n_blocks <= 2 * k:

@@ -38,7 +38,7 @@ import torch
 from toy_entropy.losses.aggregation import aggregate
 from toy_entropy.losses.checks import check_token_tensors
 from toy_entropy.losses.config import PolicyLossConfig
-from toy_entropy.losses.diagnostics import COV_TOP_FRACTIONS, clip_metrics, rollout_kl_metrics
+from toy_entropy.losses.diagnostics import clip_metrics, rollout_kl_metrics
 from toy_entropy.losses.ratio import RatioTerms, clipped_surrogate, ratio_terms
 from toy_entropy.losses.registry import get_policy_loss, register_policy_loss
 from toy_entropy.losses.regularizers import kl_estimate
@@ -161,7 +161,8 @@ def compute_policy_loss(
         log_probs: ``(B, T)`` current log-probs of the sampled tokens, with grad.
         old_log_probs: ``(B, T)`` rollout log-probs.
         advantages: ``(B, T)`` per-token advantages.
-        response_mask: ``(B, T)`` nonzero at valid response tokens.
+        response_mask: ``(B, T)`` nonzero at valid response tokens. Values at padded
+            positions are multiplied by 0, so they must be finite (e.g. 0).
         selection: ``select_tokens(...)[rows]`` for these rows.
         entropy: ``(B, T)`` full-distribution entropy per position, in nats (e.g.
             :func:`toy_entropy.entropy.entropy_from_logits`), with grad; needed when
@@ -246,7 +247,6 @@ def policy_loss(
         generator=generator,
         dist=dist,
         cov_stats=cov_stats,
-        cov_top_fractions=COV_TOP_FRACTIONS,
     )
     loss, metrics = compute_policy_loss(
         config,

@@ -16,10 +16,14 @@ Everything runs on the tensors' device with static shapes: no ``.item()``, no ``
 boolean indexing, no host branch on values. Selecting the n best of N positions, where n is
 a device tensor, uses a top-k with the static bound ``k = max(1, floor(ratio * B * T))`` >= n,
 takes the n-th value as a threshold, and breaks ties at the threshold by the lowest global
-token index (a cumulative sum), so the result is deterministic and identical on any split of
-the rows across ranks. The single exception: on CPU, where reading a value is free, an
-all-zero response mask raises ValueError; on accelerators the check would need a host sync,
-so it is skipped and such a batch gives a zero loss.
+token index, so the result is deterministic and identical on any split of the rows across
+ranks. The single exception: on CPU, where reading a value is free, an all-zero response mask
+raises ValueError; on accelerators the check would need a host sync, so it is skipped and such
+a batch gives a zero loss.
+
+Performance: on CPU, the page faults of fresh (B, T) buffers cost as much as the arithmetic,
+so the selection works in two float buffers that it overwrites in place (see
+:class:`_BatchView`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,12 @@ from toy_entropy.losses.diagnostics import (
     count_of_fraction,
     covariance_metrics,
 )
-from toy_entropy.losses.distributed import Collectives, as_collectives, global_top_values
+from toy_entropy.losses.distributed import (
+    Collectives,
+    as_collectives,
+    global_row_sum,
+    global_top_values,
+)
 from toy_entropy.losses.ratio import ratio_terms
 
 __all__ = ["TokenSelection", "select_tokens", "token_covariance"]
@@ -62,15 +71,18 @@ class TokenSelection:
 
 @dataclass(frozen=True)
 class _BatchView:
-    """This rank's detached batch with the global statistics a selector needs."""
+    """This rank's detached batch with the global statistics a selector needs.
+
+    ``cov`` and ``work`` are the selection's own buffers: a selector may overwrite both.
+    """
 
     config: PolicyLossConfig
     log_probs: torch.Tensor  # (B, T) detached current log-probs
     old_log_probs: torch.Tensor  # (B, T)
     advantages: torch.Tensor  # (B, T)
     valid: torch.Tensor  # (B, T) bool
-    weights: torch.Tensor  # (B, T) valid as 0/1 in the log-prob dtype
     cov: torch.Tensor  # (B, T) per-token covariance with global means, raw at invalid
+    work: torch.Tensor  # (B, T) scratch buffer, same dtype as cov
     n_tokens: torch.Tensor  # () float64 global valid-token count
     comm: Collectives
     generator: torch.Generator | None
@@ -85,6 +97,8 @@ def token_covariance(
     advantages: torch.Tensor,
     log_prob_mean: torch.Tensor,
     advantage_mean: torch.Tensor,
+    out: torch.Tensor | None = None,
+    scratch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token covariance ``(lp - mean lp) * (A - mean A)`` (THEORY.md s.4), without grad.
 
@@ -93,17 +107,19 @@ def token_covariance(
         advantages: ``(B, T)``.
         log_prob_mean: 0-dim mean of ``log_probs`` over the valid tokens of the whole batch.
         advantage_mean: 0-dim mean of ``advantages`` over the same tokens.
+        out: optional ``(B, T)`` float buffer for the result.
+        scratch: optional ``(B, T)`` float buffer for the centred advantages (overwritten).
 
     Returns:
-        ``(B, T)`` covariance in ``log_probs.dtype``; entries at invalid positions are
-        meaningless and must be masked by the caller.
+        ``(B, T)`` covariance (in ``out``'s dtype, else ``log_probs.dtype``); entries at
+        invalid positions are meaningless and must be masked by the caller.
     """
-    centred_lp = log_probs - log_prob_mean.to(log_probs.dtype)  # (B, T)
-    return centred_lp.mul_(advantages - advantage_mean.to(advantages.dtype))
+    cov = torch.sub(log_probs, log_prob_mean.to(log_probs.dtype), out=out)  # (B, T)
+    return cov.mul_(torch.sub(advantages, advantage_mean.to(advantages.dtype), out=scratch))
 
 
 def _first_ties(
-    comm: Collectives, tied: torch.Tensor, budget: torch.Tensor
+    comm: Collectives, tied: torch.Tensor, budget: torch.Tensor, scratch: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the first ``budget`` tied positions of the global batch in global index order.
 
@@ -113,21 +129,22 @@ def _first_ties(
 
     Args:
         comm: the data-parallel group.
-        tied: ``(B, T)`` bool, this rank's tied positions.
+        tied: ``(B, T)`` bool, this rank's tied positions (overwritten with the result).
         budget: 0-dim int64, how many ties to keep globally.
+        scratch: ``(B, T)`` float buffer (overwritten); counting in it avoids a converted copy.
 
     Returns:
         ``(B, T)`` bool kept ties, and the 0-dim global count of tied positions.
     """
-    row_ties = tied.sum(dim=-1)  # (B,)
+    row_ties = scratch.copy_(tied).sum(dim=-1).long()  # (B,)
     rank_ties = comm.all_gather(row_ties.sum().reshape(1))  # (world, 1)
     before = row_ties.cumsum(0) - row_ties + rank_ties[: comm.rank].sum()  # (B,) earlier ties
-    kept = tied & (before + row_ties <= budget).unsqueeze(-1)  # (B, T) rows that fit whole
     partial = (before < budget) & (before + row_ties > budget)  # (B,) at most one True
     cut = partial.to(torch.uint8).argmax().reshape(1)  # (1,) that row, or row 0 if none
     row = tied.index_select(0, cut)  # (1, T)
     row_kept = row & (before.gather(0, cut).unsqueeze(-1) + row.cumsum(dim=-1) <= budget)
-    return kept.index_copy_(0, cut, row_kept), rank_ties.sum()
+    tied &= (before + row_ties <= budget).unsqueeze(-1)  # (B, T) rows that fit whole
+    return tied.index_copy_(0, cut, row_kept), rank_ties.sum()
 
 
 def _select_top(
@@ -136,6 +153,7 @@ def _select_top(
     eligible: torch.Tensor,
     n: torch.Tensor,
     k: int,
+    scratch: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mark the ``n`` highest-scoring eligible positions of the global batch.
 
@@ -147,6 +165,7 @@ def _select_top(
         n: 0-dim int64 on the device, ``1 <= n <= k``; all eligible positions are marked when
             fewer than n exist.
         k: static bound on n.
+        scratch: ``(B, T)`` float buffer, overwritten.
 
     Returns:
         ``(B, T)`` bool mask of this rank's selected positions, and the 0-dim global count of
@@ -162,57 +181,54 @@ def _select_top(
     tied = score == threshold
     tied &= eligible
     budget = n - n_above
-    kept_ties, n_tied = _first_ties(comm, tied, budget)
+    kept_ties, n_tied = _first_ties(comm, tied, budget, scratch)
     selected |= kept_ties
     return selected, n_above + torch.minimum(n_tied, budget)
-
-
-def _ppo_unclipped(view: _BatchView) -> torch.Tensor:
-    """``(B, T)`` bool: PPO does not clip the token, ``pg2 <= pg1`` of
-    :func:`~toy_entropy.losses.ratio.ratio_terms`, computed in place with fewer buffers.
-
-    ``pg = -A * x`` and negation is exact, so ``pg2 <= pg1`` iff ``A * clamp(r) >= A * r``.
-    """
-    config = view.config
-    ratio = view.log_probs - view.old_log_probs  # (B, T)
-    ratio.clamp_(-config.log_ratio_clamp, config.log_ratio_clamp).exp_()
-    clamped = ratio.clamp(1.0 - config.clip_ratio_low, 1.0 + config.clip_ratio_high)
-    return clamped.mul_(view.advantages) >= ratio.mul_(view.advantages)
 
 
 def _select_clip_cov(view: _BatchView) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clip-Cov: ``max(1, floor(clip_cov_ratio * N))`` uniform random tokens among the valid,
     not PPO-clipped tokens with ``clip_cov_lb < cov < clip_cov_ub``."""
-    config, comm = view.config, view.comm
-    candidates = view.cov > config.clip_cov_lb  # (B, T)
-    candidates &= view.cov < config.clip_cov_ub
+    config, comm, cov, work = view.config, view.comm, view.cov, view.work
+    candidates = cov > config.clip_cov_lb  # (B, T)
+    condition = torch.lt(cov, config.clip_cov_ub, out=torch.empty_like(candidates))
+    candidates &= condition
     candidates &= view.valid
-    candidates &= _ppo_unclipped(view)
-    # Random 31-bit keys, one per position of the *global* batch, from the caller's generator:
-    # every rank draws the same tensor and keeps its rows, so the sample does not depend on
-    # the split. The n largest keys among the candidates are a uniform sample without
-    # replacement (equal keys, probability ~C / 2^31, go to the lower index).
+    # Not clipped by PPO: pg2 <= pg1 of ratio_terms(); pg = -A * x and negation is exact, so
+    # that is A * clamp(r) >= A * r. Computed in the two buffers (cov is no longer needed).
+    ratio = torch.sub(view.log_probs, view.old_log_probs, out=work)  # (B, T)
+    ratio.clamp_(-config.log_ratio_clamp, config.log_ratio_clamp).exp_()
+    low, high = 1.0 - config.clip_ratio_low, 1.0 + config.clip_ratio_high
+    clamped = torch.clamp(ratio, low, high, out=cov).mul_(view.advantages)
+    candidates &= torch.ge(clamped, ratio.mul_(view.advantages), out=condition)
+    # Random keys (integers in [0, 2^mantissa], as floats), one per position of the *global*
+    # batch, from the caller's generator: every rank draws the same tensor and keeps its
+    # rows, so the sample does not depend on the split. The n largest keys among the
+    # candidates are a uniform sample without replacement (equal keys, probability about
+    # C / 2^24 in float32, go to the lower index).
     rows, length = candidates.shape
-    keys = torch.empty(
-        (comm.world_size * rows, length), dtype=torch.int32, device=candidates.device
-    ).random_(generator=view.generator)[comm.rank * rows : (comm.rank + 1) * rows]
-    score = keys.mul_(candidates)  # (B, T); sentinel 0 <= every candidate's key
+    keys = work
+    if comm.world_size > 1:
+        keys = torch.empty((comm.world_size * rows, length), dtype=work.dtype, device=work.device)
+    keys = keys.random_(generator=view.generator)[comm.rank * rows : (comm.rank + 1) * rows]
+    score = keys.mul_(cov.copy_(candidates))  # (B, T); sentinel 0 <= every candidate's key
     n = count_of_fraction(config.clip_cov_ratio, view.n_tokens)
     k = max(1, int(config.clip_cov_ratio * comm.world_size * candidates.numel()))
-    selected, n_selected = _select_top(comm, score, candidates, n, k)
+    selected, n_selected = _select_top(comm, score, candidates, n, k, scratch=cov)
     return selected, {"select/frac": n_selected / view.n_tokens}
 
 
 def _select_kl_cov(view: _BatchView) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """KL-Cov: the ``max(1, floor(kl_cov_ratio * N))`` valid tokens of largest covariance."""
     config, comm = view.config, view.comm
-    # Sentinel -max at invalid positions (finite covariances are far above it); arithmetic
-    # instead of where() / masked_fill(), which are several times slower on CPU.
+    # Sentinel -max at invalid positions (finite covariances are far above it), added in
+    # place: where() / masked_fill() are several times slower on CPU.
     sentinel = torch.finfo(view.cov.dtype).max
-    score = view.cov - (1.0 - view.weights).mul_(sentinel)  # (B, T)
+    padding = view.work.copy_(view.valid).sub_(1.0).mul_(sentinel)  # (B, T) 0 or -max
+    score = view.cov.add_(padding)  # (B, T): cov + 0 where valid, -max elsewhere
     n = count_of_fraction(config.kl_cov_ratio, view.n_tokens)
     k = max(1, int(config.kl_cov_ratio * comm.world_size * score.numel()))
-    selected, n_selected = _select_top(comm, score, view.valid, n, k)
+    selected, n_selected = _select_top(comm, score, view.valid, n, k, scratch=view.work)
     return selected, {"select/frac": n_selected / view.n_tokens}
 
 
@@ -242,6 +258,7 @@ def select_tokens(
         response_mask: ``(B, T)`` nonzero at valid response tokens.
         generator: Clip-Cov's random source, a ``torch.Generator`` on the tensors' device owned
             by the caller (seed it identically on every rank); None uses torch's default one.
+            The sample depends on the seed and on the padded shape ``(B, T)``.
         dist: None for one process, else a ``torch.distributed`` process group or a
             :class:`~toy_entropy.losses.distributed.Collectives`. Each rank passes its own
             rows, the same ``(B, T)`` shape on every rank, rank r holding global rows
@@ -269,45 +286,49 @@ def select_tokens(
         )
     comm = as_collectives(dist)
     valid = response_mask.bool()  # (B, T)
-    weights = response_mask.to(log_probs.dtype)  # (B, T) 0/1
     lp = log_probs.detach()
     selector = SELECTORS.get(config.loss_mode)
     needs_cov = selector is not None or cov_stats
 
-    row_stats = [weights.sum(dim=-1)]  # (B,) valid tokens per row
+    # Per-row sums, added in global row order (global_row_sum): bit-identical on any split.
+    work_dtype = torch.promote_types(lp.dtype, torch.float32)
+    weights = response_mask.to(work_dtype, copy=True)  # (B, T) 0/1, reused as a buffer below
+    lengths = weights.sum(dim=-1)  # (B,) valid tokens per row
+    row_stats = [lengths, (lengths > 0).to(lengths.dtype)]
     if needs_cov:
-        row_stats.append((lp * weights).sum(dim=-1))
-        row_stats.append((advantages * weights).sum(dim=-1))
-    row_stats = torch.stack(row_stats, dim=-1).to(torch.float64)  # (B, K)
-    all_rows = comm.all_gather(row_stats).reshape(-1, row_stats.shape[-1])  # (world * B, K)
-    totals = all_rows.sum(dim=0)  # (K,) summed in global row order
+        work = torch.mul(lp, weights)  # (B, T)
+        row_stats.append(work.sum(dim=-1))
+        row_stats.append(torch.mul(advantages, weights, out=work).sum(dim=-1))
+    totals = global_row_sum(comm, torch.stack(row_stats, dim=-1).to(torch.float64))  # (K,)
     if totals.device.type == "cpu" and totals[0] == 0:
         raise ValueError(f"{caller}: response_mask has no valid token in the whole batch")
     token_sum_norm = config.loss_agg_norm if config.loss_agg_norm is not None else valid.shape[-1]
-    norm = AggregationNorm.from_counts(totals[0], (all_rows[:, 0] > 0).sum(), token_sum_norm)
+    norm = AggregationNorm.from_counts(totals[0], totals[1], token_sum_norm)
     if not needs_cov:
         return TokenSelection(selected=torch.zeros_like(valid), norm=norm, metrics={})
 
-    lp_mean, adv_mean = totals[1] / norm.n_tokens, totals[2] / norm.n_tokens
-    cov = token_covariance(lp, advantages, lp_mean, adv_mean)  # (B, T)
-    selected, metrics = torch.zeros_like(valid), {}
-    if selector is not None:
-        view = _BatchView(
-            config,
-            lp,
-            old_log_probs,
-            advantages,
-            valid,
-            weights,
-            cov,
-            norm.n_tokens,
-            comm,
-            generator,
-        )
-        selected, metrics = selector(view)
-    if cov_stats:
+    lp_mean, adv_mean = totals[2] / norm.n_tokens, totals[3] / norm.n_tokens
+    # The weights are no longer needed: their buffer takes the centred advantages.
+    cov = token_covariance(lp, advantages, lp_mean, adv_mean, out=work, scratch=weights)
+    metrics: dict[str, torch.Tensor] = {}
+    if cov_stats:  # before the selector, which may overwrite cov
         ratio = ratio_terms(lp, old_log_probs, advantages, config).ratio
         metrics |= covariance_metrics(
             cov, valid, advantages, ratio, config, norm.n_tokens, comm, cov_top_fractions
         )
-    return TokenSelection(selected=selected, norm=norm, metrics=metrics)
+    if selector is None:
+        return TokenSelection(selected=torch.zeros_like(valid), norm=norm, metrics=metrics)
+    view = _BatchView(
+        config=config,
+        log_probs=lp,
+        old_log_probs=old_log_probs,
+        advantages=advantages,
+        valid=valid,
+        cov=cov,
+        work=weights,
+        n_tokens=norm.n_tokens,
+        comm=comm,
+        generator=generator,
+    )
+    selected, selector_metrics = selector(view)
+    return TokenSelection(selected=selected, norm=norm, metrics=selector_metrics | metrics)
