@@ -205,16 +205,22 @@ class Block(nn.Module):
 
 
 def sample_categorical(
-    probs: torch.Tensor, generator: torch.Generator | None = None
+    probs: torch.Tensor,
+    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw one index per row of ``probs`` (N, V) by inverting the cumulative distribution.
 
     The uniforms come from ``generator`` on the generator's own device and are then moved to
     ``probs.device``, so a CPU generator also drives sampling on CUDA and a seed gives the same
-    draws on every device. Zero-probability entries are never drawn. Returns (N,) long.
+    draws on every device. Pre-drawn ``uniforms`` (N, 1) in [0, 1) replace the generator: a
+    row's draw then does not depend on which other rows share the batch. Zero-probability
+    entries are never drawn. Returns (N,) long.
     """
-    device = generator.device if generator is not None else probs.device
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=device).to(probs.device)
+    if uniforms is None:
+        device = generator.device if generator is not None else probs.device
+        uniforms = torch.rand(probs.shape[0], 1, generator=generator, device=device)
+    u = uniforms.to(probs.device)
     cdf = probs.float().cumsum(dim=-1)  # (N, V)
     index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (N, 1)
     return index.clamp(max=probs.shape[-1] - 1).squeeze(-1)
@@ -356,6 +362,7 @@ class GPT(nn.Module):
         temperature: float,
         greedy: bool,
         generator: torch.Generator | None,
+        uniforms: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick the next token from last-position logits (B, V); returns (tokens, log-probs)."""
         logits = logits.float()
@@ -364,7 +371,7 @@ class GPT(nn.Module):
             tokens = logits.argmax(dim=-1)
         else:
             log_probs = torch.log_softmax(logits / temperature, dim=-1)  # (B, V)
-            tokens = sample_categorical(log_probs.exp(), generator)
+            tokens = sample_categorical(log_probs.exp(), generator, uniforms)
         return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
 
     def _decode(
@@ -379,11 +386,17 @@ class GPT(nn.Module):
         prompt_mask: torch.Tensor | None,
         return_log_probs: bool,
         use_cache: bool,
+        uniforms: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """The sampling loop shared by :meth:`generate` and :meth:`generate_naive`."""
         self._check_generate_args(prompt_tokens, max_new_tokens, temperature)
         B, Lp = prompt_tokens.shape
         device = prompt_tokens.device
+        if uniforms is not None and uniforms.shape != (B, max_new_tokens):
+            raise ValueError(
+                f"generate: uniforms must have shape (B, max_new_tokens) = {(B, max_new_tokens)}, "
+                f"got {tuple(uniforms.shape)}"
+            )
         if prompt_mask is None:
             prompt_mask = prompt_tokens != pad_id
         prompt_mask = prompt_mask.bool()  # (B, Lp)
@@ -396,6 +409,8 @@ class GPT(nn.Module):
         cache = None
         if use_cache:
             dtype = next(self.parameters()).dtype
+            if torch.is_autocast_enabled(device.type):  # keys/values are made in that dtype
+                dtype = torch.get_autocast_dtype(device.type)
             cache = KVCache(self.config, B, Lp + max_new_tokens, device, dtype)
             logits = self(prompt_tokens, prompt_mask, cache)[:, -1]  # (B, V)
         for t in range(max_new_tokens):
@@ -403,7 +418,10 @@ class GPT(nn.Module):
                 tokens = torch.cat([prompt_tokens, responses[:, :t]], dim=1)  # (B, Lp + t)
                 mask = torch.cat([prompt_mask, response_mask[:, :t]], dim=1)
                 logits = self(tokens, mask)[:, -1]  # (B, V)
-            next_tokens, next_log_probs = self._next_tokens(logits, temperature, greedy, generator)
+            column = None if uniforms is None else uniforms[:, t : t + 1]  # (B, 1)
+            next_tokens, next_log_probs = self._next_tokens(
+                logits, temperature, greedy, generator, column
+            )
             alive = ~finished
             responses[:, t] = torch.where(alive, next_tokens, pad_id)
             response_mask[:, t] = alive
@@ -430,6 +448,7 @@ class GPT(nn.Module):
         greedy: bool = False,
         prompt_mask: torch.Tensor | None = None,
         return_log_probs: bool = False,
+        uniforms: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Sample responses to left-padded prompts with a key/value cache.
 
@@ -445,6 +464,9 @@ class GPT(nn.Module):
             prompt_mask: (B, Lp) 1 for real prompt tokens; default ``prompt_tokens != pad_id``
                 (pass it when pad_id can occur inside a prompt).
             return_log_probs: also return the log-probs of the chosen tokens.
+            uniforms: optional (B, T) pre-drawn uniforms in [0, 1); column t draws the t-th
+                token of every row instead of ``generator``, so a row's sample does not depend
+                on the batch it is generated in (data-parallel rollouts use this).
 
         Returns:
             ``responses`` (B, T) long, ``response_mask`` (B, T) bool (1 up to and including
@@ -454,7 +476,7 @@ class GPT(nn.Module):
         """
         return self._decode(
             prompt_tokens, max_new_tokens, temperature, eos_id, pad_id, generator, greedy,
-            prompt_mask, return_log_probs, use_cache=True,
+            prompt_mask, return_log_probs, use_cache=True, uniforms=uniforms,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -469,9 +491,10 @@ class GPT(nn.Module):
         greedy: bool = False,
         prompt_mask: torch.Tensor | None = None,
         return_log_probs: bool = False,
+        uniforms: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """:meth:`generate` without a cache: one full forward pass per new token (reference)."""
         return self._decode(
             prompt_tokens, max_new_tokens, temperature, eos_id, pad_id, generator, greedy,
-            prompt_mask, return_log_probs, use_cache=False,
+            prompt_mask, return_log_probs, use_cache=False, uniforms=uniforms,
         )  # fmt: skip

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from envs.sequence import make_task
 from toy_entropy.advantages import compute_advantages, filter_uniform_groups
@@ -43,11 +44,23 @@ from toy_entropy.entropy import (
 )
 from toy_entropy.losses import PolicyLossConfig, compute_policy_loss, select_tokens
 from toy_entropy.model import GPT, PRESETS, GPTConfig
+from toy_entropy.parallel import DataParallel, HiddenStates, mini_batch_rows, stratum_groups
+from toy_entropy.scale_presets import SCALE_PRESETS, apply_scale_preset, parse_task_kwargs
+from toy_entropy.token_stats import token_log_probs_and_entropy
 from toy_entropy.warmstart import WarmStartConfig, warm_start
 
 __all__ = ["TrainConfig", "Trainer", "StepRecord"]
 
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce")
+GLOBAL_METRIC_KEYS = (
+    "rewards",
+    "mask",
+    "token_entropy",
+    "old_log_probs",
+    "advantages",
+    "ref_log_probs",
+)
+"""Per-row rollout tensors that step metrics read; gathered over ranks before they are read."""
 
 
 @dataclass
@@ -130,10 +143,28 @@ class TrainConfig:
     """newest checkpoints kept on disk"""
     rollout_seed_offset: int = 0
     """added to the run seed for the rollout randomness (the warm start uses the run seed)"""
+    preset: str = "cpu"
+    """scale preset: cpu, gpu-small, gpu-medium, gpu-large (toy_entropy.scale_presets); sets
+    the fields it names that still hold their default"""
+    task_kwargs: str = ""
+    """task size arguments as key=value pairs, e.g. list_length=255,num_values=1000"""
+    chunked_log_probs: bool = True
+    """log-probs and entropy from hidden states in token chunks (toy_entropy.token_stats),
+    never a (B, T, V) logits tensor; False: from full logits"""
+    log_prob_chunk_tokens: int = 0
+    """tokens per chunk of the chunked path (0: 2^24 / V, 64 MiB of fp32 logits)"""
+    rollout_micro_batch_size: int = 0
+    """rows per generate call (0: all of this rank's rows); a memory knob, samples are equal"""
+    bf16: bool = False
+    """bf16 autocast of the forward passes on CUDA (ignored on CPU)"""
+    compile: bool = False
+    """torch.compile the scoring forward passes and the log-prob chunk kernels"""
 
     def __post_init__(self) -> None:
         from envs.sequence import TASKS
 
+        check_choice("preset", self.preset, SCALE_PRESETS)
+        apply_scale_preset(self)
         check_choice("task", self.task, sorted(TASKS))
         check_range("extra_tokens", self.extra_tokens, 0)
         check_choice("model_preset", self.model_preset, sorted(PRESETS))
@@ -174,6 +205,17 @@ class TrainConfig:
             self.loss_config()
         except ValueError as error:
             raise ConfigError("loss", "", str(error)) from None
+        check_range("log_prob_chunk_tokens", self.log_prob_chunk_tokens, 0)
+        check_range("rollout_micro_batch_size", self.rollout_micro_batch_size, 0)
+        if self.task_kwargs:
+            try:
+                make_task(self.task, extra_tokens=self.extra_tokens, **self.task_args())
+            except (ValueError, TypeError) as error:
+                raise ConfigError("task_kwargs", self.task_kwargs, str(error)) from None
+
+    def task_args(self) -> dict:
+        """``task_kwargs`` parsed into keyword arguments of ``make_task``."""
+        return parse_task_kwargs(self.task_kwargs)
 
     def loss_config(self) -> PolicyLossConfig:
         """The policy-loss config made of this config's loss fields."""
@@ -210,6 +252,8 @@ class Trainer:
         log_fn: ``log_fn(step, metrics: dict[str, float])`` (e.g. ``RunWriter.log``).
         writer: optional RunWriter for histograms and figures.
         checkpoint_dir: where checkpoints go (None: no checkpoints).
+        parallel: this process's rank in a data-parallel run (``toy_entropy.parallel``); None
+            for one process. Pass ``log_fn`` and ``writer`` on rank 0 only.
     """
 
     def __init__(
@@ -220,11 +264,14 @@ class Trainer:
         log_fn: Callable[[int, dict], None] | None = None,
         writer=None,
         checkpoint_dir: Path | None = None,
+        parallel: DataParallel | None = None,
     ) -> None:
         self.config, self.seed, self.device = config, seed, torch.device(device)
         self.log_fn, self.writer = log_fn, writer
         self.checkpoint_dir = checkpoint_dir
-        self.task = make_task(config.task, extra_tokens=config.extra_tokens)
+        self.parallel = parallel or DataParallel()
+        self._check_parallel_sizes()
+        self.task = make_task(config.task, extra_tokens=config.extra_tokens, **config.task_args())
         vocab = self.task.vocab
         self.prompt_length = self.task.prompt_length
         self.response_length = self.task.max_response_length
@@ -239,9 +286,15 @@ class Trainer:
             noise=config.warmstart_noise,
         )
         task_spec = {"name": config.task, "extra_tokens": config.extra_tokens}
+        task_spec.update(config.task_args())
         self.model, self.warm_from_cache = warm_start(
             self.task, task_spec, model_config, warm, seed, self.device
         )
+        # The loss forward; under DDP its construction broadcasts rank 0's parameters.
+        self.policy = self.parallel.wrap(HiddenStates(self.model), self.device)
+        self.scorer = HiddenStates(self.model)  # no-grad scoring, outside DDP
+        if config.compile:
+            self.policy, self.scorer = torch.compile(self.policy), torch.compile(self.scorer)
         self.reference = None
         if config.kl_loss_coef > 0:
             self.reference = GPT(model_config).to(self.device).eval()
@@ -252,8 +305,12 @@ class Trainer:
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.rng = np.random.default_rng(seed + 1 + config.rollout_seed_offset)
+        # Rollout uniforms and mini-batch shuffles: drawn alike on every rank.
         self.generator = torch.Generator(device=self.device).manual_seed(
             seed + 2 + config.rollout_seed_offset
+        )
+        self.eval_generator = torch.Generator(device=self.device).manual_seed(
+            seed + 6 + config.rollout_seed_offset
         )
         self.selection_generator = torch.Generator(device=self.device).manual_seed(seed + 3)
         self.eval_prompts = self.task.sample_prompts(
@@ -284,6 +341,114 @@ class Trainer:
         """``(B, T)`` log-probability of each response token."""
         return torch.log_softmax(logits, dim=-1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
 
+    def _autocast(self):
+        """bf16 autocast of a forward pass on CUDA when ``config.bf16``; a no-op otherwise."""
+        enabled = self.config.bf16 and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _token_stats(
+        self,
+        forward: Callable,
+        model: GPT,
+        tokens: torch.Tensor,
+        attention: torch.Tensor,
+        responses: torch.Tensor,
+        with_entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, T)`` log-probs of the responses and (optionally) the entropy, in nats.
+
+        ``forward(tokens, attention)`` gives ``model``'s hidden states; logits are
+        ``hidden @ model.lm_head.weight.T / temperature``, formed in token chunks
+        (``chunked_log_probs``) or at once.
+        """
+        cfg = self.config
+        start = self.prompt_length - 1
+        hidden = forward(tokens, attention)[:, start : start + self.response_length]  # (B, T, C)
+        if cfg.temperature != 1.0:
+            hidden = hidden / cfg.temperature
+        weight = model.lm_head.weight  # (V, C)
+        if cfg.chunked_log_probs:
+            return token_log_probs_and_entropy(
+                hidden,
+                weight,
+                responses,
+                chunk_size=cfg.log_prob_chunk_tokens or None,
+                with_entropy=with_entropy,
+                compile=cfg.compile,
+            )
+        logits = F.linear(hidden, weight).float()  # (B, T, V)
+        entropy = entropy_from_logits(logits) if with_entropy else None
+        return self._token_log_probs(logits, responses), entropy
+
+    @torch.no_grad()
+    def _score(
+        self,
+        model: GPT,
+        tokens: torch.Tensor,
+        attention: torch.Tensor,
+        responses: torch.Tensor,
+        with_entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`_token_stats` without grad, ``micro_batch_size`` rows per forward pass."""
+        forward = self.scorer if model is self.model else HiddenStates(model)
+        rows = self.config.micro_batch_size or tokens.shape[0]
+        parts = []
+        for start in range(0, tokens.shape[0], rows):
+            part = slice(start, start + rows)
+            with self._autocast():
+                parts.append(
+                    self._token_stats(
+                        forward, model, tokens[part], attention[part], responses[part], with_entropy
+                    )
+                )
+        log_probs = torch.cat([lp for lp, _ in parts])  # (B, T)
+        return log_probs, torch.cat([h for _, h in parts]) if with_entropy else None
+
+    def _generate(
+        self, prompt_tokens: torch.Tensor, uniforms: torch.Tensor | None = None, greedy=False
+    ):
+        """Responses ``(B, T)`` and masks, ``rollout_micro_batch_size`` rows at a time.
+
+        Sampled with the (B, T) ``uniforms`` (see :meth:`GPT.generate`), or greedy.
+        """
+        rows = self.config.rollout_micro_batch_size or prompt_tokens.shape[0]
+        parts = []
+        for start in range(0, prompt_tokens.shape[0], rows):
+            part = slice(start, start + rows)
+            with self._autocast():
+                parts.append(
+                    self.model.generate(
+                        prompt_tokens[part],
+                        self.response_length,
+                        temperature=self.config.temperature,
+                        eos_id=self.task.vocab.eos_id,
+                        pad_id=self.task.vocab.pad_id,
+                        greedy=greedy,
+                        uniforms=None if uniforms is None else uniforms[part],
+                    )[:2]
+                )
+        return torch.cat([r for r, _ in parts]), torch.cat([m for _, m in parts])
+
+    def _check_parallel_sizes(self) -> None:
+        """The rollout's groups and strata split evenly over the ranks (ConfigError if not)."""
+        cfg, world = self.config, self.parallel.world_size
+        strata = stratum_groups(cfg.num_generations, cfg.num_mini_batches)
+        if cfg.num_prompts % (world * strata):
+            raise ConfigError(
+                "num_prompts",
+                cfg.num_prompts,
+                f"must be a multiple of world_size * {strata} = {world * strata} (whole groups, "
+                f"and strata of {strata} group(s) for {cfg.num_mini_batches} mini-batches, on "
+                "every rank)",
+            )
+        local = cfg.num_prompts * cfg.num_generations // cfg.num_mini_batches // world
+        if cfg.micro_batch_size and local % cfg.micro_batch_size:
+            raise ConfigError(
+                "micro_batch_size",
+                cfg.micro_batch_size,
+                f"must divide each rank's share of a mini-batch, {local} rows",
+            )
+
     # ---- the live identity probe ---------------------------------------------------------
 
     def _make_probe(self, seed: int):
@@ -312,39 +477,41 @@ class Trainer:
     # ---- one step ------------------------------------------------------------------------
 
     def rollout(self):
-        """Sample P x G responses; returns a dict of ``(B, ...)`` tensors, B = P * G."""
+        """Sample P x G responses; returns a dict of ``(B, ...)`` tensors, B = P * G.
+
+        With several ranks, P and B are this rank's shard of whole groups: every rank draws
+        the whole rollout's prompts and (B, T) sampling uniforms and keeps its rows, so a row's
+        sample does not depend on the number of ranks.
+        """
         cfg = self.config
         prompts = self.task.sample_prompts(cfg.num_prompts, "train", self.rng, device=self.device)
-        prompt_index = torch.arange(cfg.num_prompts, device=self.device).repeat_interleave(
+        uniforms = torch.rand(
+            cfg.num_prompts * cfg.num_generations,
+            self.response_length,
+            generator=self.generator,
+            device=self.device,
+        )  # (B_global, T)
+        prompts = prompts[self.parallel.shard(cfg.num_prompts)]
+        uniforms = uniforms[self.parallel.shard(uniforms.shape[0])]  # (B, T)
+        num_prompts = len(prompts)
+        prompt_index = torch.arange(num_prompts, device=self.device).repeat_interleave(
             cfg.num_generations
         )  # (B,) groups are contiguous
         prompt_tokens = prompts.tokens[prompt_index]  # (B, Lp)
         self.model.eval()
-        with torch.no_grad():
-            responses, mask = self.model.generate(
-                prompt_tokens,
-                self.response_length,
-                temperature=cfg.temperature,
-                eos_id=self.task.vocab.eos_id,
-                pad_id=self.task.vocab.pad_id,
-                generator=self.generator,
-            )[:2]
+        responses, mask = self._generate(prompt_tokens, uniforms)
         rewards = self.task.score(prompts, prompt_index, responses, mask)  # (B,)
-        grouped = rewards.view(cfg.num_prompts, cfg.num_generations)
+        grouped = rewards.view(num_prompts, cfg.num_generations)
         advantages = compute_advantages(cfg.advantage_estimator, grouped).reshape(-1)  # (B,)
         mask = mask.bool()
         if cfg.filter_groups:
             keep = filter_uniform_groups(grouped).repeat_interleave(cfg.num_generations)  # (B,)
             mask = mask & keep[:, None]
         tokens, attention = self._sequence(prompt_tokens, responses, mask)
-        with torch.no_grad():
-            logits = self.response_logits(self.model, tokens, attention)  # (B, T, V)
-            old_log_probs = self._token_log_probs(logits, responses)
-            token_entropy = entropy_from_logits(logits)  # (B, T)
-            ref_log_probs = None
-            if self.reference is not None:
-                ref_logits = self.response_logits(self.reference, tokens, attention)
-                ref_log_probs = self._token_log_probs(ref_logits, responses)
+        old_log_probs, token_entropy = self._score(self.model, tokens, attention, responses, True)
+        ref_log_probs = None
+        if self.reference is not None:
+            ref_log_probs = self._score(self.reference, tokens, attention, responses, False)[0]
         return {
             "prompts": prompts,
             "prompt_index": prompt_index,
@@ -367,11 +534,10 @@ class Trainer:
         advantages = batch["advantages"][rows]
         ref_lp = None if batch["ref_log_probs"] is None else batch["ref_log_probs"][rows]
         self.model.train()
-        with torch.no_grad():  # the selection is made once over the whole mini-batch
-            current_lp = self._token_log_probs(
-                self.response_logits(self.model, take["tokens"], take["attention"]),
-                take["responses"],
-            )
+        # The selection is made once over the whole mini-batch (all ranks).
+        current_lp = self._score(
+            self.model, take["tokens"], take["attention"], take["responses"], False
+        )[0]
         selection = select_tokens(
             self.loss_config,
             current_lp,
@@ -379,29 +545,42 @@ class Trainer:
             advantages,
             take["mask"],
             generator=self.selection_generator,
+            dist=self.parallel.comm,
             cov_stats=True,
         )
         num_rows = rows.numel()
         micro = cfg.micro_batch_size or num_rows
-        totals: dict[str, torch.Tensor] = dict(selection.metrics)  # batch-level, not summed
+        summed: dict[str, torch.Tensor] = {}
         self.optimizer.zero_grad(set_to_none=True)
         for start in range(0, num_rows, micro):
             part = slice(start, start + micro)
-            logits = self.response_logits(self.model, take["tokens"][part], take["attention"][part])
-            log_probs = self._token_log_probs(logits, take["responses"][part])
-            loss, metrics = compute_policy_loss(
-                self.loss_config,
-                log_probs,
-                old_lp[part],
-                advantages[part],
-                take["mask"][part],
-                selection[part],
-                entropy=entropy_from_logits(logits) if cfg.entropy_coeff else None,
-                ref_log_probs=None if ref_lp is None else ref_lp[part],
-            )
-            loss.backward()
+            # DDP all-reduces the gradients after the last micro-batch only.
+            with self.parallel.no_sync(self.policy, sync=start + micro >= num_rows):
+                with self._autocast():
+                    log_probs, entropy = self._token_stats(
+                        self.policy,
+                        self.model,
+                        take["tokens"][part],
+                        take["attention"][part],
+                        take["responses"][part],
+                        with_entropy=bool(cfg.entropy_coeff),
+                    )
+                    loss, metrics = compute_policy_loss(
+                        self.loss_config,
+                        log_probs,
+                        old_lp[part],
+                        advantages[part],
+                        take["mask"][part],
+                        selection[part],
+                        entropy=entropy,
+                        ref_log_probs=None if ref_lp is None else ref_lp[part],
+                    )
+                # DDP averages over ranks; scaled, the average is the sum, the global gradient.
+                (loss * self.parallel.world_size).backward()
             for name, value in metrics.items():
-                totals[name] = totals.get(name, 0) + value.detach()
+                summed[name] = summed.get(name, 0) + value.detach()
+        # Loss metrics add up over ranks; the selection's are global already.
+        totals = dict(selection.metrics) | self.parallel.sum(summed)
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(
             parameters, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
@@ -416,6 +595,7 @@ class Trainer:
         started = time.perf_counter()
         batch = self.rollout()
         rollout_seconds = time.perf_counter() - started
+        shard, batch = batch, self.parallel.gather_batch(batch, GLOBAL_METRIC_KEYS)
         mask = batch["mask"]
         metrics: dict[str, torch.Tensor] = {
             "reward": batch["rewards"].mean(),
@@ -430,16 +610,19 @@ class Trainer:
             .mean(),
         }
         update_metrics: dict[str, torch.Tensor] = {}
-        batch_size = cfg.num_prompts * cfg.num_generations
-        mini = batch_size // cfg.num_mini_batches
         identity_actual, identity_predicted = [], []
         updates = 0
         started = time.perf_counter()
         for _ in range(cfg.num_iterations):
-            order = torch.randperm(batch_size, generator=self.generator, device=self.device)
-            for start in range(0, batch_size, mini):
+            for rows in mini_batch_rows(
+                cfg.num_prompts,
+                cfg.num_generations,
+                cfg.num_mini_batches,
+                self.generator,
+                self.parallel,
+            ):
                 before = self._probe_logits()
-                step_metrics = self._optimise(batch, order[start : start + mini])
+                step_metrics = self._optimise(shard, rows)
                 after = self._probe_logits()
                 actual, predicted = self._identity(before, after)
                 identity_actual.append(actual)
@@ -473,7 +656,8 @@ class Trainer:
         for actual, predicted in zip(identity_actual, identity_predicted):
             self.identity_points.append((float(predicted), float(actual)))
         self.step += 1
-        if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
+        evaluate = self.step % cfg.eval_every == 0 or self.step == cfg.total_steps
+        if evaluate and self.parallel.is_main:
             host.update(self.evaluate())
         if self.writer is not None and cfg.histogram_every and self.step % cfg.histogram_every == 0:
             self._histograms(batch)
@@ -485,8 +669,11 @@ class Trainer:
         return host
 
     def save_checkpoint(self) -> Path | None:
-        """Write model, optimiser, RNG states, step and config atomically (if enabled)."""
-        if self.checkpoint_dir is None:
+        """Write model, optimiser, RNG states, step and config atomically (if enabled).
+
+        Only rank 0 writes; the world size is recorded (a run resumes on the same one).
+        """
+        if self.checkpoint_dir is None or not self.parallel.is_main:
             return None
         state = {
             "step": self.step,
@@ -496,6 +683,8 @@ class Trainer:
             "numpy_rng": self.rng.bit_generator.state,
             "generator": self.generator.get_state(),
             "selection_generator": self.selection_generator.get_state(),
+            "eval_generator": self.eval_generator.get_state(),
+            "world_size": self.parallel.world_size,
             "torch_rng": torch.get_rng_state(),
         }
         return save_checkpoint(self.checkpoint_dir, self.step, state, self.config.keep_checkpoints)
@@ -524,28 +713,20 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy, mean@k and pass@k on the held-out prompts."""
         cfg, prompts = self.config, self.eval_prompts
-        vocab = self.task.vocab
         self.model.eval()
         with torch.no_grad():
-            greedy, greedy_mask = self.model.generate(
-                prompts.tokens,
-                self.response_length,
-                eos_id=vocab.eos_id,
-                pad_id=vocab.pad_id,
-                greedy=True,
-            )[:2]
+            greedy, greedy_mask = self._generate(prompts.tokens, greedy=True)
             index = torch.arange(len(prompts), device=self.device)
             accuracy = self.task.score(prompts, index, greedy, greedy_mask).mean()
             k = cfg.eval_samples
             repeated = index.repeat_interleave(k)
-            samples, sample_mask = self.model.generate(
-                prompts.tokens[repeated],
+            uniforms = torch.rand(
+                len(repeated),
                 self.response_length,
-                temperature=cfg.temperature,
-                eos_id=vocab.eos_id,
-                pad_id=vocab.pad_id,
-                generator=self.generator,
-            )[:2]
+                generator=self.eval_generator,
+                device=self.device,
+            )  # (P * k, T)
+            samples, sample_mask = self._generate(prompts.tokens[repeated], uniforms)
             correct = self.task.score(prompts, repeated, samples, sample_mask).view(-1, k)
         return {
             "eval/greedy_accuracy": float(accuracy),
