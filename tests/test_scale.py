@@ -41,9 +41,23 @@ def test_gpu_presets_have_the_documented_sizes(preset):
 def test_cpu_preset_is_the_defaults_and_explicit_fields_win():
     assert TrainConfig(preset="cpu") == TrainConfig()
     assert SCALE_PRESETS["cpu"] == {}
-    config = apply_overrides(TrainConfig(), ["preset=gpu-small", "num_prompts=64"])
-    assert (config.num_prompts, config.model_preset) == (64, "gpu-10m")
+    assert TrainConfig(preset="gpu-large", num_prompts=64).num_prompts == 64
+    # On the command line the preset goes first, whatever the order: an explicit value wins
+    # even when it is the CPU default (num_mini_batches=1).
+    overrides = ["num_mini_batches=1", "preset=gpu-small", "num_prompts=64"]
+    config = apply_overrides(TrainConfig(), overrides)
+    assert (config.num_prompts, config.num_mini_batches) == (64, 1)
+    assert (config.model_preset, config.micro_batch_size) == ("gpu-10m", 64)
     assert config.task_kwargs == "list_length=255,num_values=1000"
+    # Fields that follow the preset follow it back; explicit ones stay.
+    back = dataclasses.replace(config, preset="cpu")
+    assert (back.model_preset, back.task_kwargs, back.extra_tokens, back.bf16) == (
+        "cpu-nano",
+        "",
+        0,
+        False,
+    )
+    assert (back.num_prompts, back.num_mini_batches, back.micro_batch_size) == (64, 1, 0)
 
 
 def test_bad_preset_and_task_kwargs_name_the_field():

@@ -131,7 +131,8 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
 
     Values are parsed by the field's type hint (``int``, ``float``, ``bool``, ``str``, optional
     and tuple/list of those, written ``a,b,c``). An unknown key raises :class:`ConfigError`
-    naming the closest valid keys.
+    naming the closest valid keys. A ``preset`` override (``TrainConfig``'s scale preset) is
+    applied before the others, which then override the preset's values.
     """
     hints = typing.get_type_hints(type(config))
     names = [f.name for f in dataclasses.fields(config)]
@@ -148,4 +149,6 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
             )
             raise ConfigError(key, text, f"unknown key; {hint}")
         changes[key] = _parse_value(key, text, hints[key])
+    if "preset" in changes and len(changes) > 1:  # first, so that the others override it
+        config = dataclasses.replace(config, preset=changes.pop("preset"))
     return dataclasses.replace(config, **changes)

@@ -17,8 +17,9 @@ one process on the concatenated batch (THEORY.md s.6). What makes it so:
 - Metrics: per-row tensors are gathered (:meth:`DataParallel.gather_rows`) and the
   single-process metric code runs on the global batch; additive loss metrics are summed
   (:meth:`DataParallel.sum`). Sums run in rank order, so all ranks get the same values.
-- Logging, evaluation and checkpoints happen on rank 0; a checkpoint records the world size
-  and resuming on another one is refused (:meth:`DataParallel.check_checkpoint`).
+- Every rank evaluates the same held-out prompts with the same seed (so all ranks keep the
+  same history); rank 0 alone logs and writes checkpoints. A checkpoint records the world
+  size, and resuming on another one is refused (:meth:`DataParallel.check_checkpoint`).
 """
 
 from __future__ import annotations

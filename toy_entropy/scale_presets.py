@@ -6,11 +6,15 @@ memory knobs and bf16 autocast together. The code path is the same for every pre
 sizes and knobs change.
 
 Resolution rule (:func:`apply_scale_preset`, run first in ``TrainConfig.__post_init__``): a
-preset sets each field it names *that still holds its class default*; a field given another
-value explicitly keeps it. So ``--set preset=gpu-small --set num_prompts=64`` runs the
-gpu-small preset with 64 prompts. Two consequences of the rule: a field set explicitly to its
-CPU default is taken over by the preset, and a preset never undoes another one (choose the
-preset when the config is made, as the command line does).
+field *follows* the preset while it holds the value that the preset the config was last
+resolved from gave it (``preset_resolved``; for a fresh config, the class default); choosing a
+preset moves the fields that follow to the new preset's values, and every other field keeps its
+value. So explicit values win, in the Python API (``TrainConfig(preset="gpu-small",
+num_prompts=64)``) as on the command line, where ``--set preset=...`` is applied before the
+other ``--set`` overrides (:func:`toy_entropy.config.apply_overrides`):
+``--set preset=gpu-small --set num_mini_batches=1`` runs gpu-small with one mini-batch. The
+one exception: in a single constructor call, a field given its class default explicitly next to
+the preset is indistinguishable from an unset one and takes the preset's value.
 
 Sizes (vocabulary V, answer length T incl. ``<eos>``, parameters with tied embeddings):
 
@@ -85,24 +89,31 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def apply_scale_preset(config: Any) -> None:
-    """Set ``config.preset``'s fields that still hold their class default, in place.
+    """Move the fields that follow the preset to ``config.preset``'s values, in place.
+
+    A field follows the preset while it equals the value that ``config.preset_resolved`` (the
+    preset the config was last resolved from) gives it, the class default where that preset
+    names no value; afterwards ``preset_resolved`` is ``preset``.
 
     Args:
-        config: a ``TrainConfig`` (or subclass) instance; its ``preset`` must be a key of
-            :data:`SCALE_PRESETS`.
+        config: a ``TrainConfig`` (or subclass) instance with ``preset`` and
+            ``preset_resolved`` among :data:`SCALE_PRESETS`.
 
     Raises:
         ValueError: unknown preset name.
     """
-    if config.preset not in SCALE_PRESETS:
-        raise ValueError(
-            f"preset={config.preset!r} is invalid: expected one of "
-            + ", ".join(map(repr, SCALE_PRESETS))
-        )
+    for field in ("preset", "preset_resolved"):
+        if getattr(config, field) not in SCALE_PRESETS:
+            raise ValueError(
+                f"{field}={getattr(config, field)!r} is invalid: expected one of "
+                + ", ".join(map(repr, SCALE_PRESETS))
+            )
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    for name, value in SCALE_PRESETS[config.preset].items():
-        if getattr(config, name) == defaults[name]:
-            setattr(config, name, value)
+    old, new = SCALE_PRESETS[config.preset_resolved], SCALE_PRESETS[config.preset]
+    for name in {**old, **new}:
+        if getattr(config, name) == old.get(name, defaults[name]):
+            setattr(config, name, new.get(name, defaults[name]))
+    config.preset_resolved = config.preset
 
 
 def _parse_value(text: str) -> Any:

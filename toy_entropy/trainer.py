@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +145,9 @@ class TrainConfig:
     """added to the run seed for the rollout randomness (the warm start uses the run seed)"""
     preset: str = "cpu"
     """scale preset: cpu, gpu-small, gpu-medium, gpu-large (toy_entropy.scale_presets); sets
-    the fields it names that still hold their default"""
+    the fields it names unless they were given other values"""
+    preset_resolved: str = field(default="cpu", repr=False)
+    """kept by the config: the preset its fields were last resolved from (do not set)"""
     task_kwargs: str = ""
     """task size arguments as key=value pairs, e.g. list_length=255,num_values=1000"""
     chunked_log_probs: bool = True
@@ -164,6 +166,7 @@ class TrainConfig:
         from envs.sequence import TASKS
 
         check_choice("preset", self.preset, SCALE_PRESETS)
+        check_choice("preset_resolved", self.preset_resolved, SCALE_PRESETS)
         apply_scale_preset(self)
         check_choice("task", self.task, sorted(TASKS))
         check_range("extra_tokens", self.extra_tokens, 0)
@@ -656,8 +659,7 @@ class Trainer:
         for actual, predicted in zip(identity_actual, identity_predicted):
             self.identity_points.append((float(predicted), float(actual)))
         self.step += 1
-        evaluate = self.step % cfg.eval_every == 0 or self.step == cfg.total_steps
-        if evaluate and self.parallel.is_main:
+        if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
             host.update(self.evaluate())
         if self.writer is not None and cfg.histogram_every and self.step % cfg.histogram_every == 0:
             self._histograms(batch)
