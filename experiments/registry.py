@@ -43,19 +43,34 @@ class RunContext:
         seed: the base seed; multi-seed experiments derive theirs as ``seed + i``.
         device: the torch device every tensor lives on.
         show_progress: draw progress bars (off in tests).
+        resume: continue the run found in ``out_dir`` from its latest checkpoint.
+        config_record: the resolved config; the top-level writer saves it (config.json and
+            TensorBoard text) when it is created.
     """
 
     out_dir: Path
     seed: int
     device: torch.device
     show_progress: bool = True
+    resume: bool = False
+    config_record: dict | None = None
     _writers: dict[str | None, RunWriter] = field(default_factory=dict)
 
-    def writer(self, sub_run: str | None = None) -> RunWriter:
-        """The writer of the top-level run, or of the sub-run directory ``out_dir/sub_run``."""
+    def run_dir(self, sub_run: str | None = None) -> Path:
+        return self.out_dir if sub_run is None else self.out_dir / sub_run
+
+    def writer(self, sub_run: str | None = None, resume_from_step: int | None = None) -> RunWriter:
+        """The writer of the top-level run, or of the sub-run directory ``out_dir/sub_run``.
+
+        The first call for a run directory creates it; ``resume_from_step`` then drops what
+        was logged after that step (see :class:`RunWriter`).
+        """
         if sub_run not in self._writers:
-            directory = self.out_dir if sub_run is None else self.out_dir / sub_run
-            self._writers[sub_run] = RunWriter(directory)
+            self._writers[sub_run] = RunWriter(
+                self.run_dir(sub_run), resume_from_step=resume_from_step
+            )
+            if sub_run is None and self.config_record is not None:
+                self._writers[sub_run].write_config(self.config_record)
         return self._writers[sub_run]
 
     def progress(self, iterable: Iterable, total: int | None = None, desc: str = ""):
@@ -81,6 +96,7 @@ class Experiment:
         config_cls: a dataclass whose defaults are the full preset.
         run: ``run(config, context) -> ExperimentResult``.
         quick: field overrides of the ``--quick`` preset.
+        resumable: ``--resume`` continues a killed run from its checkpoints.
     """
 
     name: str
@@ -88,20 +104,27 @@ class Experiment:
     config_cls: type
     run: Callable[[Any, RunContext], ExperimentResult]
     quick: Mapping[str, Any]
+    resumable: bool = False
 
 
 _REGISTRY: dict[str, Experiment] = {}
 
 
 def experiment(
-    name: str, description: str, config_cls: type, quick: Mapping[str, Any] | None = None
+    name: str,
+    description: str,
+    config_cls: type,
+    quick: Mapping[str, Any] | None = None,
+    resumable: bool = False,
 ) -> Callable:
     """Decorator registering ``run(config, context)`` under ``name``."""
 
     def decorate(run: Callable[[Any, RunContext], ExperimentResult]):
         if name in _REGISTRY:
             raise ValueError(f"experiment {name!r} is registered twice")
-        _REGISTRY[name] = Experiment(name, description, config_cls, run, dict(quick or {}))
+        _REGISTRY[name] = Experiment(
+            name, description, config_cls, run, dict(quick or {}), resumable
+        )
         return run
 
     return decorate

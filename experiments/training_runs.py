@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.registry import RunContext
+from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.config import config_to_dict
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.plots import plt, scatter_identity
@@ -19,20 +20,26 @@ def train_one_run(
     """Warm start and train one run, logging to ``context.out_dir[/sub_run]``.
 
     The initial held-out evaluation is logged at step 0; the identity scatter is logged as a
-    TensorBoard figure at the end.
+    TensorBoard figure at the end. With ``context.resume`` the run continues from the newest
+    checkpoint in ``checkpoints/`` (or starts over if there is none), logging each step once.
     """
-    writer = context.writer(sub_run)
-    trainer = Trainer(
-        config,
-        seed,
-        context.device,
-        log_fn=writer.log,
-        writer=writer,
-        checkpoint_dir=writer.directory / "checkpoints",
+    checkpoints = context.run_dir(sub_run) / "checkpoints"
+    state = None
+    if context.resume:
+        path = latest_checkpoint(checkpoints)
+        state = None if path is None else load_checkpoint(path)
+    writer = context.writer(
+        sub_run, resume_from_step=(state["step"] if state else -1) if context.resume else None
     )
-    trainer.initial_eval = trainer.evaluate()
-    writer.log(0, trainer.initial_eval)
-    bar = context.progress(range(config.total_steps), desc=sub_run or "train")
+    trainer = Trainer(
+        config, seed, context.device, log_fn=writer.log, writer=writer, checkpoint_dir=checkpoints
+    )
+    if state is not None:
+        trainer.load_state(state)
+    else:
+        trainer.initial_eval = trainer.evaluate()
+        writer.log(0, trainer.initial_eval)
+    bar = context.progress(range(trainer.step, config.total_steps), desc=sub_run or "train")
     for _ in bar:
         metrics = trainer.train_step()
         if hasattr(bar, "set_postfix"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shutil
 import sys
 import time
@@ -18,6 +19,7 @@ import torch
 from toy_entropy.claims import format_claims_table
 from toy_entropy.config import ConfigError, apply_overrides, config_to_dict
 from toy_entropy.runlog import atomic_write_json, environment_info
+from toy_entropy.trainer import NonFiniteError
 
 __all__ = ["main", "UserError"]
 
@@ -35,8 +37,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a named experiment")
     run.add_argument("name", help="experiment name (see `toy-entropy list`)")
     run.add_argument("--out", type=Path, default=None, help="run directory (default: runs/...)")
-    run.add_argument("--seed", type=int, default=0, help="base random seed")
-    run.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    run.add_argument("--seed", type=int, default=None, help="base random seed (default 0)")
+    run.add_argument("--device", default=None, help="torch device: cpu (default) or cuda")
     run.add_argument(
         "--set",
         dest="overrides",
@@ -47,6 +49,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quick", action="store_true", help="the small preset (minutes on a CPU)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the killed run in DIR from its latest checkpoint",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -85,6 +94,55 @@ def _prepare_out_dir(out: Path | None, name: str, seed: int, overwrite: bool) ->
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
+    # Same config and seed -> identical metrics.jsonl on CPU, also after a resume.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _resolve_config(spec, args: argparse.Namespace):
+    try:
+        config = spec.config_cls()
+        if args.quick:
+            config = dataclasses.replace(config, **spec.quick)
+        return apply_overrides(config, args.overrides)
+    except (ConfigError, ValueError, TypeError) as error:
+        raise UserError(str(error)) from None
+
+
+def _read_resumable_run(spec, args: argparse.Namespace) -> dict:
+    """The stored config.json of the run ``--resume`` names, checked against the command."""
+    directory = args.resume
+    if not spec.resumable:
+        raise UserError(
+            f"experiment {spec.name!r} cannot be resumed (it has no checkpoints); "
+            "rerun it with --overwrite"
+        )
+    if args.out is not None and Path(args.out).resolve() != directory.resolve():
+        raise UserError("--resume and --out name different directories; give only --resume")
+    config_path = directory / "config.json"
+    try:
+        stored = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(
+            f"--resume={directory}: no config.json, so it is not a run directory"
+        ) from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"--resume={directory}: config.json is unreadable: {error}") from None
+    if stored.get("experiment") != spec.name:
+        raise UserError(
+            f"--resume={directory} holds a run of {stored.get('experiment')!r}, not {spec.name!r}"
+        )
+    if (directory / "summary.json").exists():
+        raise UserError(f"--resume={directory}: the run already finished (summary.json exists)")
+    if args.overrides or args.quick:
+        if config_to_dict(_resolve_config(spec, args)) != stored["config"]:
+            raise UserError(
+                f"--resume={directory}: the --set/--quick options differ from the run's config"
+            )
+    for option in ("seed", "device"):
+        given = getattr(args, option)
+        if given is not None and str(given) != str(stored[option]):
+            raise UserError(f"--resume={directory}: --{option}={given} differs from the run's")
+    return stored
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -94,34 +152,54 @@ def _run(args: argparse.Namespace) -> int:
         spec = get_experiment(args.name)
     except ValueError as error:
         raise UserError(str(error)) from None
-    try:
-        config = spec.config_cls()
-        if args.quick:
-            config = dataclasses.replace(config, **spec.quick)
-        config = apply_overrides(config, args.overrides)
-    except (ConfigError, ValueError, TypeError) as error:
-        raise UserError(str(error)) from None
-    device = _resolve_device(args.device)
-    out_dir = _prepare_out_dir(args.out, spec.name, args.seed, args.overwrite)
-
-    resolved = {
-        "experiment": spec.name,
-        "preset": "quick" if args.quick else "full",
-        "seed": args.seed,
-        "config": config_to_dict(config),
-        **environment_info(str(device)),
-    }
-    print(f"toy-entropy: running {spec.name!r} into {out_dir}", flush=True)
-    _seed_everything(args.seed)
-    context = RunContext(out_dir, args.seed, device, show_progress=not args.quiet)
-    context.writer().write_config(resolved)  # config.json and TensorBoard text
+    if args.resume is not None:
+        stored = _read_resumable_run(spec, args)
+        try:
+            config = spec.config_cls(**_fields_from_json(spec.config_cls, stored["config"]))
+        except (ValueError, TypeError) as error:
+            raise UserError(
+                f"--resume={args.resume}: its config.json is invalid: {error}"
+            ) from None
+        seed, device, out_dir = stored["seed"], _resolve_device(stored["device"]), args.resume
+        resolved = stored
+    else:
+        config = _resolve_config(spec, args)
+        seed = 0 if args.seed is None else args.seed
+        device = _resolve_device(args.device or "cpu")
+        out_dir = _prepare_out_dir(args.out, spec.name, seed, args.overwrite)
+        resolved = {
+            "experiment": spec.name,
+            "preset": "quick" if args.quick else "full",
+            "seed": seed,
+            "config": config_to_dict(config),
+            **environment_info(str(device)),
+        }
+    verb = "resuming" if args.resume is not None else "running"
+    print(f"toy-entropy: {verb} {spec.name!r} in {out_dir}", flush=True)
+    _seed_everything(seed)
+    atomic_write_json(out_dir / "config.json", resolved)
+    context = RunContext(
+        out_dir,
+        seed,
+        device,
+        show_progress=not args.quiet,
+        resume=args.resume is not None,
+        config_record=resolved,
+    )
     try:
         result = spec.run(config, context)
+    except NonFiniteError as error:
+        print(f"toy-entropy: stopped: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:  # e.g. a corrupt checkpoint found while resuming
+        if args.resume is None:
+            raise
+        raise UserError(str(error)) from None
     finally:
         context.close()
     summary = {
         "experiment": spec.name,
-        "seed": args.seed,
+        "seed": seed,
         "headline": result.headline,
         "claims": [c.to_dict() for c in result.claims],
     }
@@ -134,6 +212,16 @@ def _run(args: argparse.Namespace) -> int:
     print(f"  summary:     {out_dir / 'summary.json'}")
     print(f"  TensorBoard: tensorboard --logdir {out_dir}")
     return 0
+
+
+def _fields_from_json(config_cls: type, values: dict) -> dict:
+    """Stored config values with tuples restored where the dataclass declares them."""
+    defaults = config_cls()
+    return {
+        name: tuple(value) if isinstance(getattr(defaults, name), tuple) else value
+        for name, value in values.items()
+        if hasattr(defaults, name)
+    }
 
 
 def _list() -> int:

@@ -9,7 +9,11 @@ The layout is the interface users script against (shared/OUTPUTS.md):
 
 Metric names: a name without a slash (``entropy``, ``reward``) is a headline value; it is stored
 under that name in metrics.jsonl and under ``charts/<name>`` in TensorBoard. A name with a slash
-(``identity/predicted_dH``) is stored as is in both.
+(``identity/predicted_dH``) is stored as is in both. Wall-clock measurements (``perf/...``) go
+to TensorBoard only, so that metrics.jsonl is identical for the same config and seed.
+
+Resuming: ``RunWriter(directory, resume_from_step=k)`` drops the metrics.jsonl rows after step k
+and tells TensorBoard to purge its events after step k, so every step appears exactly once.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ import torch
 
 import toy_entropy
 
-__all__ = ["RunWriter", "atomic_write_text", "atomic_write_json", "environment_info", "to_jsonable"]
+__all__ = [
+    "RunWriter",
+    "atomic_write_text",
+    "atomic_write_json",
+    "environment_info",
+    "to_jsonable",
+    "truncate_metrics",
+]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -81,6 +92,21 @@ def environment_info(device: str) -> dict[str, str]:
     }
 
 
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the metrics.jsonl rows with ``step <= last_step`` (and drop a torn last line)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+        if row.get("step", last_step + 1) <= last_step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 def _tensorboard_tag(name: str) -> str:
     return name if "/" in name else f"charts/{name}"
 
@@ -93,15 +119,20 @@ class RunWriter:
         tensorboard: write TensorBoard event files next to metrics.jsonl.
     """
 
-    def __init__(self, directory: str | Path, tensorboard: bool = True) -> None:
+    def __init__(
+        self, directory: str | Path, tensorboard: bool = True, resume_from_step: int | None = None
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._metrics_file = None  # opened on the first row, so a run without steps has no file
         self._tb = None
+        if resume_from_step is not None:
+            truncate_metrics(self.directory / "metrics.jsonl", resume_from_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.directory))
+            purge = None if resume_from_step is None else resume_from_step + 1
+            self._tb = SummaryWriter(log_dir=str(self.directory), purge_step=purge)
 
     @property
     def tensorboard(self):
@@ -112,14 +143,15 @@ class RunWriter:
         """Append one metrics.jsonl row ``{"step": step, **metrics}`` and the TB scalars."""
         row = {"step": int(step)}
         row.update({name: to_jsonable(value) for name, value in metrics.items()})
-        if self._metrics_file is None:
-            self._metrics_file = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        self._metrics_file.write(json.dumps(row) + "\n")
-        self._metrics_file.flush()
         if self._tb is not None:
             for name, value in row.items():
                 if name != "step" and isinstance(value, (int, float)) and value is not None:
                     self._tb.add_scalar(_tensorboard_tag(name), value, int(step))
+        row = {name: value for name, value in row.items() if not name.startswith("perf/")}
+        if self._metrics_file is None:
+            self._metrics_file = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._metrics_file.write(json.dumps(row) + "\n")
+        self._metrics_file.flush()
 
     def add_figure(self, tag: str, figure, step: int = 0) -> None:
         """Log a matplotlib figure as a TensorBoard image (and close it)."""

@@ -18,7 +18,9 @@ Every metric is kept on the device during a step and moved to the host once per 
 
 from __future__ import annotations
 
+import copy
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -49,7 +51,7 @@ from toy_entropy.scale_presets import SCALE_PRESETS, apply_scale_preset, parse_t
 from toy_entropy.token_stats import token_log_probs_and_entropy
 from toy_entropy.warmstart import WarmStartConfig, warm_start
 
-__all__ = ["TrainConfig", "Trainer", "StepRecord"]
+__all__ = ["TrainConfig", "Trainer", "StepRecord", "NonFiniteError"]
 
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce")
 GLOBAL_METRIC_KEYS = (
@@ -61,6 +63,11 @@ GLOBAL_METRIC_KEYS = (
     "ref_log_probs",
 )
 """Per-row rollout tensors that step metrics read; gathered over ranks before they are read."""
+NONFINITE_POLICIES = ("skip", "stop")
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped on a NaN/inf under ``nonfinite_policy="stop"``."""
 
 
 @dataclass
@@ -141,6 +148,9 @@ class TrainConfig:
     """checkpoint every this many steps (0: only at the end)"""
     keep_checkpoints: int = 3
     """newest checkpoints kept on disk"""
+    nonfinite_policy: str = "skip"
+    """a NaN/inf in rewards, advantages, loss or gradients: skip (drop the step's update, count
+    it, warn) or stop (restore the last good state, checkpoint it and stop)"""
     rollout_seed_offset: int = 0
     """added to the run seed for the rollout randomness (the warm start uses the run seed)"""
     preset: str = "cpu"
@@ -190,6 +200,7 @@ class TrainConfig:
         check_range("histogram_every", self.histogram_every, 0)
         check_range("checkpoint_every", self.checkpoint_every, 0)
         check_range("keep_checkpoints", self.keep_checkpoints, 1)
+        check_choice("nonfinite_policy", self.nonfinite_policy, NONFINITE_POLICIES)
         batch = self.num_prompts * self.num_generations
         if batch % self.num_mini_batches:
             raise ConfigError(
@@ -322,6 +333,7 @@ class Trainer:
         self.probe = self._make_probe(seed + 5)
         self.step = 0
         self.initial_eval: dict[str, float] = {}
+        self.skipped_updates = 0
         self.history: list[StepRecord] = []
         self.identity_points: list[tuple[float, float]] = []
 
@@ -595,6 +607,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One rollout and its updates; returns the step's metrics as host floats."""
         cfg = self.config
+        last_good = self._snapshot()
         started = time.perf_counter()
         batch = self.rollout()
         rollout_seconds = time.perf_counter() - started
@@ -636,29 +649,57 @@ class Trainer:
         update_seconds = time.perf_counter() - started
         for name, value in update_metrics.items():
             metrics[name] = value / updates
-        metrics["identity/actual_dH"] = torch.stack(identity_actual).sum()
-        metrics["identity/predicted_dH"] = torch.stack(identity_predicted).sum()
+        identity = torch.stack([torch.stack(identity_predicted), torch.stack(identity_actual)])
+        metrics["identity/actual_dH"] = identity[1].sum()
+        metrics["identity/predicted_dH"] = identity[0].sum()
         if self.reference is not None:
             log_ratio = batch["ref_log_probs"] - batch["old_log_probs"]
             metrics["kl/reference_k3"] = masked_token_mean(log_ratio.exp() - 1 - log_ratio, mask)
-        host = {
-            k: float(v)
-            for k, v in zip(
-                metrics,
+        finite = torch.stack(
+            [
+                torch.isfinite(batch["rewards"]).all(),
+                torch.isfinite(batch["advantages"]).all(),
+                torch.isfinite(update_metrics["loss/total"]).all(),
+                torch.isfinite(update_metrics["optim/grad_norm"]).all(),
+            ]
+        )
+        metrics["guard/nonfinite"] = (~finite.all()).double()
+        # The step's single host transfer: metrics, the guard flag and the identity points.
+        values = torch.cat(
+            [
                 torch.stack(
-                    [
-                        torch.as_tensor(v, dtype=torch.float64, device=self.device)
-                        for v in metrics.values()
-                    ]
-                ).tolist(),
-            )
-        }
-        tokens = float(mask.sum())
+                    [torch.as_tensor(v).to(self.device, torch.float64) for v in metrics.values()]
+                ),
+                identity.reshape(-1).to(torch.float64),
+            ]
+        ).tolist()
+        host = dict(zip(metrics, values[: len(metrics)]))
+        points = values[len(metrics) :]
+        tokens = host["rollout/response_length"] * batch["rewards"].numel()
         host["perf/rollout_tokens_per_s"] = tokens / max(rollout_seconds, 1e-9)
         host["perf/update_tokens_per_s"] = tokens * cfg.num_iterations / max(update_seconds, 1e-9)
-        for actual, predicted in zip(identity_actual, identity_predicted):
-            self.identity_points.append((float(predicted), float(actual)))
         self.step += 1
+        if host["guard/nonfinite"]:
+            self._restore(last_good)
+            self.skipped_updates += 1
+            if cfg.nonfinite_policy == "stop":
+                self.step -= 1
+                path = self.save_checkpoint()
+                where = f"; last good state saved to {path}" if path else ""
+                raise NonFiniteError(
+                    f"non-finite reward, advantage, loss or gradient at step {self.step + 1}; "
+                    f"stopped (nonfinite_policy='stop'){where}"
+                )
+            warnings.warn(
+                f"step {self.step}: non-finite reward, advantage, loss or gradient; "
+                "the update was dropped (nonfinite_policy='skip')",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        else:
+            half = len(points) // 2
+            self.identity_points.extend(zip(points[:half], points[half:]))
+        host["guard/skipped_updates"] = float(self.skipped_updates)
         if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
             host.update(self.evaluate())
         if self.writer is not None and cfg.histogram_every and self.step % cfg.histogram_every == 0:
@@ -669,6 +710,17 @@ class Trainer:
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
             self.save_checkpoint()
         return host
+
+    def _snapshot(self) -> dict:
+        """Device copies of the model and optimiser state (no host sync), to drop an update."""
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+
+    def _restore(self, snapshot: dict) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
 
     def save_checkpoint(self) -> Path | None:
         """Write model, optimiser, RNG states, step and config atomically (if enabled).
@@ -688,8 +740,31 @@ class Trainer:
             "eval_generator": self.eval_generator.get_state(),
             "world_size": self.parallel.world_size,
             "torch_rng": torch.get_rng_state(),
+            "history": [(r.step, r.metrics) for r in self.history],
+            "identity_points": self.identity_points,
+            "initial_eval": self.initial_eval,
+            "skipped_updates": self.skipped_updates,
         }
         return save_checkpoint(self.checkpoint_dir, self.step, state, self.config.keep_checkpoints)
+
+    def load_state(self, state: dict) -> None:
+        """Continue from a checkpoint written by :meth:`save_checkpoint` with the same config
+        and world size (every rank loads the same checkpoint)."""
+        self.parallel.check_checkpoint(state)
+        if state.get("config") != asdict(self.config):
+            raise ValueError("checkpoint was written with a different config; cannot resume")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.generator.set_state(state["generator"])
+        self.selection_generator.set_state(state["selection_generator"])
+        self.eval_generator.set_state(state["eval_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+        self.history = [StepRecord(step, metrics) for step, metrics in state["history"]]
+        self.identity_points = list(state["identity_points"])
+        self.initial_eval = dict(state["initial_eval"])
+        self.skipped_updates = state["skipped_updates"]
 
     def _identity(self, before: torch.Tensor, after: torch.Tensor):
         """Mean actual and predicted entropy change (nats) over the probe states."""
