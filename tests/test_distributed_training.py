@@ -1,8 +1,11 @@
 """Data-parallel training: 2 gloo ranks train as one process on the whole batch does; a
 checkpoint remembers its world size; the chunked log-prob path gives the unchunked update."""
 
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -126,7 +129,7 @@ def test_two_ranks_train_like_one_process(tmp_path):
         assert checkpoint["world_size"] == WORLD
         DataParallel(_FakeGroup(WORLD, 1)).check_checkpoint(checkpoint)
         with pytest.raises(ValueError, match="world_size=2 does not match .* world_size=1"):
-            DataParallel().check_checkpoint(checkpoint)
+            trainer.load_state(checkpoint)
 
 
 class _FakeGroup:
@@ -156,3 +159,47 @@ def test_num_prompts_must_split_over_ranks():
     parallel = DataParallel(_FakeGroup(world_size=4, rank=0))
     with pytest.raises(ValueError, match="num_prompts=6 is invalid: must be a multiple of"):
         Trainer(TrainConfig(**dict(BASE, num_prompts=6)), 0, "cpu", parallel=parallel)
+
+
+def _run(tmp_path, out: str, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+    """``python -m toy_entropy.train`` (1 process) or under torchrun (``nproc`` ranks)."""
+    sets = ["total_steps=2", "checkpoint_every=1", "loss_mode=kl_cov", "kl_cov_ratio=0.05"]
+    sets += [f"{k}={v}" for k, v in BASE.items() if k not in ("total_steps", "eval_every")]
+    args = ["-m", "toy_entropy.train", "--out", str(tmp_path / out), "--seed", "5", "--quiet"]
+    args += [item for kv in sets for item in ("--set", kv)] + list(extra)
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+        args = launcher + ["--master_port", str(_free_port())] + args
+    else:
+        args = [sys.executable] + args
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _rows(tmp_path, out: str) -> list[dict]:
+    lines = (tmp_path / out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_torchrun_entry_point_matches_one_process_and_resumes(tmp_path):
+    one = _run(tmp_path, "one", 1)
+    assert one.returncode == 0, one.stderr
+    two = _run(tmp_path, "two", WORLD)
+    assert two.returncode == 0, two.stderr
+    rows_one, rows_two = _rows(tmp_path, "one"), _rows(tmp_path, "two")
+    assert [r["step"] for r in rows_two] == [0, 1, 2]
+    for a, b in zip(rows_one, rows_two):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == WORLD
+    # Resume the 1-process run from step 1: step 2 is redone exactly, logged once.
+    (tmp_path / "one" / "checkpoints" / "step_000002.pt").unlink()
+    again = _run(tmp_path, "one", 1, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert _rows(tmp_path, "one") == rows_one
+    # A 2-rank run does not resume a 1-rank checkpoint.
+    refused = _run(tmp_path, "one", WORLD, "--resume")
+    assert refused.returncode != 0
+    assert "checkpoint world_size=1 does not match this run's world_size=2" in refused.stderr
+    assert _rows(tmp_path, "one") == rows_one

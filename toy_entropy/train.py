@@ -4,10 +4,13 @@
     torchrun --nproc_per_node 2 -m toy_entropy.train --out runs/two --set total_steps=20
     torchrun --nproc_per_node 8 -m toy_entropy.train --device cuda --out runs/big \\
         --set preset=gpu-large
+    torchrun --nproc_per_node 2 -m toy_entropy.train --out runs/two --set total_steps=20 --resume
 
 With N ranks (gloo on CPU, nccl on CUDA, one GPU per rank) the run trains as one process on
-the whole batch would (``toy_entropy.parallel``). Rank 0 evaluates, writes metrics.jsonl,
-TensorBoard and the checkpoints into ``--out``; ``summary.json`` holds the last step's metrics.
+the whole batch would (``toy_entropy.parallel``). Rank 0 writes metrics.jsonl, TensorBoard and
+the checkpoints into ``--out``; ``summary.json`` holds the last step's metrics. ``--resume``
+continues from the newest checkpoint in ``--out/checkpoints`` (every rank reads it, so ``--out``
+must be on a file system all ranks see) with the same options and the same number of ranks.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed
 
+from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.config import ConfigError, apply_overrides, config_to_dict
 from toy_entropy.parallel import init_from_env
 from toy_entropy.runlog import RunWriter, environment_info
@@ -42,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="TrainConfig field, e.g. --set preset=gpu-small (repeatable)",
     )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-step line on stdout")
     return parser
 
@@ -49,8 +56,18 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> None:
     parallel, device = init_from_env(args.device)
     config = apply_overrides(TrainConfig(), args.overrides)
-    writer = RunWriter(args.out) if parallel.is_main else None
-    if writer is not None:
+    checkpoints = args.out / "checkpoints"
+    state = None
+    if args.resume:
+        path = latest_checkpoint(checkpoints)
+        if path is None:
+            raise ValueError(f"--resume: no checkpoint in {checkpoints}")
+        state = load_checkpoint(path)
+        parallel.check_checkpoint(state)  # before rank 0 touches the run's logs
+    writer = None
+    if parallel.is_main:
+        writer = RunWriter(args.out, resume_from_step=None if state is None else state["step"])
+    if writer is not None and state is None:
         writer.write_config(
             {
                 "seed": args.seed,
@@ -67,13 +84,16 @@ def _train(args: argparse.Namespace) -> None:
             device,
             log_fn=None if writer is None else writer.log,
             writer=writer,
-            checkpoint_dir=args.out / "checkpoints",
+            checkpoint_dir=checkpoints,
             parallel=parallel,
         )
-        if writer is not None:
+        if state is not None:
+            trainer.load_state(state)
+        else:  # on every rank, so that their eval generators stay alike
             trainer.initial_eval = trainer.evaluate()
-            writer.log(0, trainer.initial_eval)
-        for _ in range(config.total_steps):
+            if writer is not None:
+                writer.log(0, trainer.initial_eval)
+        for _ in range(trainer.step, config.total_steps):
             metrics = trainer.train_step()
             if writer is not None and not args.quiet:
                 print(
