@@ -33,7 +33,7 @@ import torch
 import torch.distributed
 import torch.nn as nn
 
-from toy_entropy.losses.distributed import Collectives, SingleProcess, as_collectives
+from toy_entropy.losses.distributed import Collectives, as_collectives
 
 __all__ = ["DataParallel", "HiddenStates", "init_from_env", "mini_batch_rows", "stratum_groups"]
 
@@ -203,6 +203,6 @@ def init_from_env(device: str) -> tuple[DataParallel, torch.device]:
     else:
         torch_device = torch.device("cpu")
     if world_size == 1:
-        return DataParallel(SingleProcess()), torch_device
+        return DataParallel(), torch_device
     torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
     return DataParallel(torch.distributed.group.WORLD), torch_device
