@@ -28,6 +28,7 @@ _EXPERIMENT_MODULES = (
     "experiments.bandit_collapse",
     "experiments.sanity",
     "experiments.collapse",
+    "experiments.methods",
 )
 
 
