@@ -4,13 +4,17 @@
   group's accuracy (hard / medium / easy prompts), the paper's "covariance by difficulty";
 - :func:`sequence_covariance` and :func:`token_covariance_mean`: the per-prompt sequence-level
   covariance of Theorem 1 as the paper plotted it, and the batch token covariance the
-  algorithms use (THEORY.md sections 3-4); :func:`granularity_covariances` logs both.
+  algorithms use (THEORY.md sections 3-4); :func:`granularity_covariances` logs both;
+- :class:`ClipHigherAdmitted`, an update probe: at every optimiser step, the covariance of the
+  tokens that clip-higher admits beyond the symmetric clip (the paper: about -0.03).
 
 All take the rollout batch of ``Trainer.rollout`` (or any dict with the same keys) and compute on
 the batch's device; the hooks return host floats.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -24,6 +28,7 @@ __all__ = [
     "sequence_covariance",
     "token_covariance_mean",
     "granularity_covariances",
+    "ClipHigherAdmitted",
 ]
 
 ACCURACY_BUCKETS = {"hard": (0.0, 1 / 3), "medium": (1 / 3, 2 / 3), "easy": (2 / 3, 1.0)}
@@ -117,3 +122,56 @@ def granularity_covariances(trainer, batch: dict) -> dict[str, float]:
     )
     values = torch.stack([-sequence, -token_covariance_mean(batch)]).tolist()
     return {"granularity/neg_sequence_cov": values[0], "granularity/neg_token_cov": values[1]}
+
+
+@dataclass(frozen=True)
+class ClipHigherAdmitted:
+    """Update probe: the tokens clip-higher admits and their covariance, per optimiser step.
+
+    Before each optimiser step, with the current policy's log-probs of the mini-batch (one extra
+    no-grad forward pass): ratio = pi / pi_old, the covariance ``(lp - mean lp)(A - mean A)``
+    over the mini-batch's valid tokens with the current log-probs (as the loss library's
+    selection computes it), and the admitted tokens: A > 0 and
+    ``1 + clip_ratio_low < ratio <= 1 + clip_ratio_high``, the positive-advantage tokens a
+    symmetric clip would stop and clip-higher lets through. On the first, on-policy update of a
+    rollout every ratio is 1 and nothing is admitted.
+
+    Step metrics: ``clip_higher/admitted_cov_mean`` (NaN when nothing was admitted),
+    ``clip_higher/admitted_frac``, ``clip_higher/cov_mean`` (all valid tokens, the same
+    updates), and the totals ``clip_higher/admitted_count`` and ``clip_higher/admitted_cov_sum``
+    for exact pooling over steps.
+    """
+
+    def before_update(self, trainer, batch: dict, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        config = trainer.loss_config
+        mask = batch["mask"][rows]  # (b, T)
+        with torch.no_grad():
+            logits = trainer.response_logits(trainer.model, batch["tokens"][rows],
+                                             batch["attention"][rows])  # (b, T, V)  # fmt: skip
+            lp = torch.log_softmax(logits.double(), dim=-1)
+            lp = lp.gather(-1, batch["responses"][rows].unsqueeze(-1)).squeeze(-1)  # (b, T)
+        old, adv = batch["old_log_probs"][rows].double(), batch["advantages"][rows].double()
+        weights = mask.double()
+        n = weights.sum().clamp(min=1)
+        cov = token_covariance(lp, adv, (lp * weights).sum() / n, (adv * weights).sum() / n)
+        ratio = (lp - old).exp()
+        admitted = mask & (adv > 0) & (ratio > 1 + config.clip_ratio_low)
+        admitted &= ratio <= 1 + config.clip_ratio_high
+        return {
+            "clip_higher.count": admitted.sum().double(),
+            "clip_higher.cov_sum": (cov * admitted).sum(),
+            "clip_higher.valid": weights.sum(),
+            "clip_higher.all_cov_sum": (cov * weights).sum(),
+        }
+
+    def finish(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        count, cov_sum, valid, all_cov = (
+            float(totals[f"clip_higher.{k}"]) for k in ("count", "cov_sum", "valid", "all_cov_sum")
+        )
+        return {
+            "clip_higher/admitted_cov_mean": cov_sum / count if count else float("nan"),
+            "clip_higher/admitted_frac": count / max(valid, 1.0),
+            "clip_higher/cov_mean": all_cov / max(valid, 1.0),
+            "clip_higher/admitted_count": count,
+            "clip_higher/admitted_cov_sum": cov_sum,
+        }

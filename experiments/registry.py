@@ -29,6 +29,10 @@ _EXPERIMENT_MODULES = (
     "experiments.sanity",
     "experiments.collapse",
     "experiments.methods",
+    "experiments.law",
+    "experiments.clip_higher_cov",
+    "experiments.identity_granularity",
+    "experiments.entropy_targets",
 )
 
 

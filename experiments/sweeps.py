@@ -6,13 +6,20 @@ metrics.jsonl, TensorBoard events, hparams, checkpoint) and returns :class:`RunR
 holding every step's metrics; :func:`log_seed_bands` writes one ``DIR/<variant>/seeds-mean/``
 run per variant with mean +/- std tags that the custom-scalars layout overlays.
 
-Rollout hooks are how experiments measure what the trainer does not log, without changing it:
-:class:`InstrumentedTrainer` calls each hook with the rollout batch (the dict returned by
-``Trainer.rollout``: tokens, mask, rewards, advantages, old_log_probs, token_entropy, ...)
-*before* the step's updates; a hook returns extra metrics for the step and may replace
-``trainer.loss_config`` (a frozen dataclass: ``dataclasses.replace``) to steer the updates that
-follow, which is how the entropy controller works. Hooks must be picklable (module-level
-functions or dataclass instances) to cross into worker processes.
+Hooks are how experiments measure what the trainer does not log, without changing it.
+:class:`InstrumentedTrainer` calls
+
+- each rollout hook with the rollout batch (the dict returned by ``Trainer.rollout``: tokens,
+  mask, rewards, advantages, old_log_probs, token_entropy, ...) *before* the step's updates; it
+  returns extra metrics for the step and may replace ``trainer.loss_config`` (a frozen
+  dataclass: ``dataclasses.replace``) to steer the updates that follow, which is how the
+  entropy controller works;
+- each :class:`UpdateProbe` before every optimiser step with the mini-batch rows it is about to
+  train on; the probe returns additive totals (device tensors), summed over the step's updates
+  and turned into the step's metrics by ``probe.finish``.
+
+Hooks must be picklable (module-level functions or dataclass instances) to cross into worker
+processes.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -37,6 +45,7 @@ from toy_entropy.trainer import TrainConfig, Trainer
 
 __all__ = [
     "RolloutHook",
+    "UpdateProbe",
     "RunSpec",
     "RunResult",
     "InstrumentedTrainer",
@@ -53,6 +62,18 @@ RolloutHook = Callable[[Trainer, dict], dict]
 """``hook(trainer, batch) -> {metric: value}``, called on every rollout before its updates."""
 
 
+class UpdateProbe(Protocol):
+    """Measures every optimiser step; see the module docstring."""
+
+    def before_update(
+        self, trainer: Trainer, batch: dict, rows: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Additive totals of the update about to train on ``batch[...][rows]``."""
+
+    def finish(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's metrics from the totals summed over its updates."""
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One training run of a sweep.
@@ -62,12 +83,14 @@ class RunSpec:
         seed: the run's seed (warm start, prompts, sampling).
         config: the trainer config.
         hooks: rollout hooks (see the module docstring).
+        probes: update probes (see the module docstring).
     """
 
     variant: str
     seed: int
     config: TrainConfig
     hooks: tuple[RolloutHook, ...] = ()
+    probes: tuple[UpdateProbe, ...] = ()
 
     @property
     def sub_run(self) -> str:
@@ -108,10 +131,11 @@ class RunResult:
 
 
 class InstrumentedTrainer(Trainer):
-    """The trainer with rollout hooks whose metrics join the step's log row.
+    """The trainer with rollout hooks and update probes whose metrics join the step's log row.
 
     Args:
-        hooks: rollout hooks; the rest as :class:`~toy_entropy.trainer.Trainer`.
+        hooks: rollout hooks; probes: update probes; the rest as
+            :class:`~toy_entropy.trainer.Trainer`.
     """
 
     def __init__(
@@ -123,10 +147,12 @@ class InstrumentedTrainer(Trainer):
         writer=None,
         checkpoint_dir: Path | None = None,
         hooks: Sequence[RolloutHook] = (),
+        probes: Sequence[UpdateProbe] = (),
     ) -> None:
-        self.hooks = tuple(hooks)
+        self.hooks, self.probes = tuple(hooks), tuple(probes)
         self.rows: list[dict[str, float]] = []
         self._pending: dict[str, float] = {}
+        self._totals: dict[str, torch.Tensor] = {}
         self._outer_log = log_fn
         super().__init__(config, seed, device, self._log, writer, checkpoint_dir)
 
@@ -136,9 +162,17 @@ class InstrumentedTrainer(Trainer):
             self._pending.update(hook(self, batch))
         return batch
 
+    def _optimise(self, batch: dict, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        for probe in self.probes:
+            for name, value in probe.before_update(self, batch, rows).items():
+                self._totals[name] = self._totals.get(name, 0) + value
+        return super()._optimise(batch, rows)
+
     def _log(self, step: int, metrics: dict) -> None:
+        for probe in self.probes:
+            self._pending.update(probe.finish(self._totals))
         row = {**metrics, **{k: float(v) for k, v in self._pending.items()}}
-        self._pending = {}
+        self._pending, self._totals = {}, {}
         self.rows.append({"step": step, **row})
         if self._outer_log is not None:
             self._outer_log(step, row)
@@ -160,6 +194,7 @@ def train_run(spec: RunSpec, context: RunContext) -> RunResult:
         writer=writer,
         checkpoint_dir=writer.directory / "checkpoints",
         hooks=spec.hooks,
+        probes=spec.probes,
     )
     trainer.initial_eval = trainer.evaluate()
     writer.log(0, trainer.initial_eval)
