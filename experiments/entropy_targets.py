@@ -91,7 +91,7 @@ def tracking_error(entropy: np.ndarray, target: float, settle: float = 0.5) -> f
 class EntropyTargetsConfig:
     task: str = "countdown"
     """sequence task"""
-    targets: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.7)
+    targets: tuple[float, ...] = (0.3, 0.45, 0.6, 0.8)
     """entropy targets H* (nats)"""
     knob: str = "kl_cov_ratio"
     """what the controller adapts: kl_cov_ratio (KL-Cov) or clip_cov_ratio (Clip-Cov)"""
@@ -166,7 +166,7 @@ def _configs(config: EntropyTargetsConfig) -> tuple[TrainConfig, TrainConfig]:
     "beyond the paper: an online controller of KL-Cov's k holds a target entropy; a sweep of "
     "targets against held-out accuracy",
     EntropyTargetsConfig,
-    quick={"targets": (0.2, 0.5), "num_seeds": 2, "total_steps": 40, "num_prompts": 16,
+    quick={"targets": (0.6, 0.9), "num_seeds": 2, "total_steps": 40, "num_prompts": 16,
            "num_mini_batches": 2, "eval_every": 20, "eval_prompts": 64},
 )  # fmt: skip
 def run(config: EntropyTargetsConfig, context: RunContext) -> ExperimentResult:
@@ -181,7 +181,7 @@ def run(config: EntropyTargetsConfig, context: RunContext) -> ExperimentResult:
     results = run_sweep(specs, context, config.workers)
     k = grpo.eval_samples
     eval_keys = ("eval/greedy_accuracy", f"eval/mean_at_{k}", f"eval/pass_at_{k}")
-    log_seed_bands(context, results, ("entropy", *eval_keys, f"control/{config.knob}"))
+    log_seed_bands(context, results, ("entropy", "reward", *eval_keys, f"control/{config.knob}"))
     per_variant: dict[str, dict] = {}
     for name, group in group_by_variant(results).items():
         target = None if name == "grpo" else float(name.split("-", 1)[1])
