@@ -69,7 +69,7 @@ def test_collapse_run_directory_holds_the_numbers(collapse_run):
     assert [r["step"] for r in rows] == list(range(13))  # step 0: initial evaluation
     assert {"cov_by_accuracy/easy", "cov_by_accuracy/hard_groups", "cov/mean"} <= set(rows[1])
     band = _rows(out / "reverse" / "seeds-mean" / "metrics.jsonl")
-    assert band[0]["band/entropy_low"] <= band[0]["entropy"] <= band[0]["band/entropy_high"]
+    assert band[1]["band/entropy_low"] <= band[1]["entropy"] <= band[1]["band/entropy_high"]
     top = EventAccumulator(str(out))
     top.Reload()
     assert "custom_scalars__config__" in top.Tags()["tensors"]
