@@ -32,7 +32,7 @@ import numpy as np
 
 from toy_entropy.curve_stats import seed_band
 from toy_entropy.lawfit import fit_entropy_reward_law
-from toy_entropy.plots import band_plot, plt, scatter_identity
+from toy_entropy.plots import band_plot, plt
 
 __all__ = [
     "SubRun",
@@ -254,7 +254,12 @@ def figure_law(sub_runs: Sequence[SubRun], title: str = ""):
 
 
 def figure_identity(sub_runs: Sequence[SubRun], title: str = ""):
-    """Actual entropy change per step against each predictor logged. None without them."""
+    """Actual entropy change per step against each predictor logged. None without them.
+
+    The exact predictor is in nats; the coarse ones (``granularity/*``) carry no step size, so
+    each variant's points are drawn at ``slope * predictor`` with the least-squares slope of
+    actual on predictor: on the y = x line when they track the change up to scale.
+    """
     predictors = [
         key
         for key in PREDICTOR_LABELS
@@ -262,6 +267,7 @@ def figure_identity(sub_runs: Sequence[SubRun], title: str = ""):
     ]
     if not predictors:
         return None
+    colors = _colors(sub_runs)
     figure, axes = plt.subplots(
         1, len(predictors), figsize=(4.3 * len(predictors), 4), squeeze=False
     )
@@ -274,11 +280,23 @@ def figure_identity(sub_runs: Sequence[SubRun], title: str = ""):
                     if step in actual_map:
                         predicted.append(value)
                         actual.append(actual_map[step])
-            if predicted:
-                scatter_identity(axis, predicted, actual, label=variant)
+            if not predicted:
+                continue
+            predicted, actual = np.array(predicted), np.array(actual)
+            if key != "identity/predicted_dH":
+                predicted = (
+                    predicted * np.dot(predicted, actual) / max(np.dot(predicted, predicted), 1e-30)
+                )
+            axis.scatter(predicted, actual, s=8, alpha=0.6, label=variant, color=colors[variant])
+        axis.xaxis.set_major_locator(plt.MaxNLocator(4))
+        low, high = axis.get_xlim()
+        axis.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--")
         axis.set_title(PREDICTOR_LABELS[key], fontsize=8)
-        if key != "identity/predicted_dH":
-            axis.set_xlabel("predictor (arbitrary scale)")
+        axis.set_ylabel("actual dH  [nats]")
+        if key == "identity/predicted_dH":
+            axis.set_xlabel("predicted dH = -Cov(log pi, dz)  [nats]")
+        else:
+            axis.set_xlabel("predictor x fitted scale  [nats]")
     if len(_by_variant(sub_runs, predictors[0])) > 1:
         axes[0][0].legend(fontsize=7)
     if title:
