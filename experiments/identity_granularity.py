@@ -46,6 +46,7 @@ from toy_entropy.entropy import masked_token_mean
 from toy_entropy.losses import PolicyLossConfig, policy_loss
 from toy_entropy.prefix_policy import PrefixPolicy
 from toy_entropy.report import SubRun, figure_identity, markdown_table
+from toy_entropy.tb_layout import add_layout
 from toy_entropy.trainer import TrainConfig
 
 __all__ = ["IdentityConfig", "PREDICTORS", "prefix_run", "target_rewards"]
@@ -239,6 +240,7 @@ def run(config: IdentityConfig, context: RunContext) -> ExperimentResult:
         for i, rows in enumerate(runs)
     ]
     writer = context.writer()
+    add_layout(writer.tensorboard)
     writer.add_figure("identity/granularity_scatter", figure_identity(sub_runs))
     writer.add_text("identity/table", markdown_table(table["columns"], table["rows"]))
     return ExperimentResult({"variants": summary, "tables": [table]}, _claims(summary))
