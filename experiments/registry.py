@@ -23,7 +23,17 @@ __all__ = [
 ]
 
 # Modules that define experiments; imported on first use so that `toy-entropy list` is fast.
-_EXPERIMENT_MODULES = ("experiments.identity", "experiments.bandit_collapse", "experiments.sanity")
+_EXPERIMENT_MODULES = (
+    "experiments.identity",
+    "experiments.bandit_collapse",
+    "experiments.sanity",
+    "experiments.collapse",
+    "experiments.methods",
+    "experiments.law",
+    "experiments.clip_higher_cov",
+    "experiments.identity_granularity",
+    "experiments.entropy_targets",
+)
 
 
 @dataclass

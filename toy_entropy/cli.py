@@ -57,6 +57,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="continue the killed run in DIR from its latest checkpoint",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    report = commands.add_parser("report", help="write a markdown report of run directories")
+    report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directory")
+    report.add_argument(
+        "--out", type=Path, default=None, help="report file (default: RUN_DIR/report.md)"
+    )
     return parser
 
 
@@ -232,6 +237,17 @@ def _list() -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from toy_entropy.report import write_report
+
+    try:
+        path = write_report(args.run_dirs, args.out)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    print(f"Report: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``toy-entropy`` console script."""
     args = _build_parser().parse_args(argv)
@@ -240,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "run":
             return _run(args)
+        if args.command == "report":
+            return _report(args)
     except UserError as error:
         print(f"toy-entropy: error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,270 @@
+"""law: R = -a exp(H) + b per run; early-fit extrapolation; a and b across estimators and sizes.
+
+Runs (several seeds each, identical budgets):
+
+- the estimators GRPO, RLOO and REINFORCE on the smallest model: the paper says a and b do not
+  depend on the RL algorithm;
+- GRPO on models of three or more sizes: the paper says a and b are log-linear in model size;
+- runs with an entropy intervention (Clip-Cov, KL-Cov): the law is an empirical fit of
+  unregularised runs, and this is where it is expected to fail.
+
+Per run: the law fitted on all steps (a, b, R^2, ceiling b - a) and fitted on the first 15% of
+the steps to predict the rest: RMSE against the per-step rewards, RMSE against the rewards
+smoothed over ``smoothing`` steps (the per-step reward of P x G samples is noisy; its noise level
+is reported as ``reward_noise``) and the error at the final step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from experiments.methods import CLIP_COV_PPO
+from experiments.registry import ExperimentResult, RunContext, experiment
+from experiments.sweeps import RunResult, RunSpec, group_by_variant, log_seed_bands, run_sweep
+from toy_entropy.claims import Claim, greater_than, less_than
+from toy_entropy.config import check_choice, check_positive_int, check_range
+from toy_entropy.curve_stats import moving_average
+from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
+from toy_entropy.model import PRESETS
+from toy_entropy.report import SubRun, figure_law, markdown_table
+from toy_entropy.trainer import ESTIMATORS, TrainConfig
+
+__all__ = ["LawConfig", "INTERVENTIONS", "run_law", "spread_z"]
+
+INTERVENTIONS: dict[str, dict] = {
+    "clip-cov": {"loss_mode": "clip_cov", "clip_cov_ratio": 5e-2, **CLIP_COV_PPO},
+    "kl-cov": {"loss_mode": "kl_cov", "kl_cov_ratio": 5e-2, "ppo_kl_coef": 5.0},
+    "entropy-bonus": {"entropy_coeff": 5e-2},
+}
+"""Entropy interventions under which the law is tested (TrainConfig fields)."""
+
+
+@dataclass
+class LawConfig:
+    task: str = "reverse"
+    """sequence task"""
+    estimators: tuple[str, ...] = ("grpo", "rloo", "reinforce")
+    """advantage estimators compared on the smallest model"""
+    model_presets: tuple[str, ...] = ("cpu-nano", "cpu-micro", "cpu-small")
+    """model sizes (GRPO), smallest first"""
+    interventions: tuple[str, ...] = ("clip-cov", "kl-cov", "entropy-bonus")
+    """runs with entropy intervention (INTERVENTIONS), smallest model, GRPO advantages"""
+    num_seeds: int = 3
+    """seeds per variant"""
+    total_steps: int = 200
+    """RL steps per run"""
+    num_prompts: int = 32
+    """P, prompts per rollout"""
+    num_mini_batches: int = 2
+    """optimiser steps per rollout (KL-Cov acts from the second)"""
+    learning_rate: float = 1e-3
+    """AdamW learning rate"""
+    fit_fraction: float = 0.15
+    """share of the steps the early fit sees"""
+    smoothing: int = 9
+    """window of the smoothed rewards the extrapolation is also scored against (odd)"""
+    rmse_bound: float = 0.05
+    """the law 'predicts the rest' when the smoothed extrapolation RMSE is below this"""
+    eval_every: int = 50
+    """held-out evaluation every this many steps"""
+    workers: int = 0
+    """parallel training processes (0: one per CPU core; 1 on CUDA)"""
+
+    def __post_init__(self) -> None:
+        from envs.sequence import TASKS
+
+        check_choice("task", self.task, sorted(TASKS))
+        if not self.estimators or not self.model_presets:
+            raise ValueError("estimators and model_presets must each name at least one entry")
+        for name in self.estimators:
+            check_choice("estimators", name, ESTIMATORS)
+        for name in self.model_presets:
+            check_choice("model_presets", name, sorted(PRESETS))
+        for name in self.interventions:
+            check_choice("interventions", name, list(INTERVENTIONS))
+        check_range("num_seeds", self.num_seeds, 2)
+        check_range("total_steps", self.total_steps, 20)
+        check_positive_int("num_prompts", self.num_prompts)
+        check_range("fit_fraction", self.fit_fraction, 0, 1, low_inclusive=False)
+        if self.smoothing < 1 or self.smoothing % 2 == 0:
+            raise ValueError(f"smoothing={self.smoothing!r} is invalid: expected an odd int >= 1")
+        check_positive_int("eval_every", self.eval_every)
+        check_range("workers", self.workers, 0)
+
+
+def variants(config: LawConfig) -> dict[str, TrainConfig]:
+    """Variant name -> TrainConfig: ``<estimator>`` and ``grpo-<preset>`` and the interventions."""
+    base = TrainConfig(
+        task=config.task,
+        model_preset=config.model_presets[0],
+        total_steps=config.total_steps,
+        num_prompts=config.num_prompts,
+        num_mini_batches=config.num_mini_batches,
+        learning_rate=config.learning_rate,
+        eval_every=config.eval_every,
+    )
+    out = {name: replace(base, advantage_estimator=name) for name in config.estimators}
+    for preset in config.model_presets[1:]:
+        out[f"grpo-{preset}"] = replace(base, model_preset=preset)
+    for name in config.interventions:
+        out[name] = replace(base, **INTERVENTIONS[name])
+    return out
+
+
+def run_law(result: RunResult, config: LawConfig) -> dict[str, float]:
+    """The law of one run: full fit, early-fit extrapolation and the reward noise level."""
+    entropy, reward = result.column("entropy"), result.column("reward")
+    fit = fit_entropy_reward_law(entropy, reward)
+    early = extrapolate_law(entropy, reward, config.fit_fraction)
+    start = max(2, math.ceil(config.fit_fraction * len(reward)))  # as extrapolate_law splits
+    predicted = early.fit.predict(entropy[start:])
+    smoothed = moving_average(reward, config.smoothing)[start:]
+    return {
+        "a": fit.a,
+        "b": fit.b,
+        "r2": fit.r2,
+        "ceiling": fit.ceiling,
+        "early_a": early.fit.a,
+        "early_b": early.fit.b,
+        "rmse": early.rmse,
+        "rmse_smoothed": float(np.sqrt(np.mean((predicted - smoothed) ** 2))),
+        "final_error": early.final_error,
+        "reward_noise": float(np.std(np.diff(reward)) / np.sqrt(2)),
+        "reward_range": float(np.ptp(moving_average(reward, config.smoothing))),
+    }
+
+
+def spread_z(means: list[float], stds: list[float], num_seeds: int) -> float:
+    """Largest pairwise difference of group means in units of the standard error of a
+    difference, ``max |m_i - m_j| / (s * sqrt(2 / n))`` with ``s`` the pooled seed std."""
+    pooled = math.sqrt(float(np.mean(np.square(stds))))
+    if pooled == 0:
+        return float("inf") if np.ptp(means) > 0 else 0.0
+    return float(np.ptp(means) / (pooled * math.sqrt(2 / num_seeds)))
+
+
+def _loglinear(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    total = np.sum((y - y.mean()) ** 2)
+    r2 = 1.0 - np.sum(residual**2) / total if total > 0 else float("nan")
+    return {"slope_per_decade": float(slope), "intercept": float(intercept), "r2": float(r2)}
+
+
+@experiment(
+    "law",
+    "R = -a exp(H) + b: fit per run, predict from the first 15%, compare a and b across "
+    "estimators and model sizes, show where it fails (entropy interventions)",
+    LawConfig,
+    quick={"num_seeds": 2, "total_steps": 60, "num_prompts": 16, "eval_every": 30,
+           "interventions": ("kl-cov",)},
+)  # fmt: skip
+def run(config: LawConfig, context: RunContext) -> ExperimentResult:
+    configs = variants(config)
+    specs = [
+        RunSpec(name, context.seed + i, train)
+        for name, train in configs.items()
+        for i in range(config.num_seeds)
+    ]
+    results = run_sweep(specs, context, config.workers)
+    log_seed_bands(context, results, ("entropy", "reward"))
+    per_variant: dict[str, dict] = {}
+    for name, group in group_by_variant(results).items():
+        laws = [run_law(r, config) for r in group]
+        summary = {
+            key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1))}
+            for key in laws[0]
+            for v in [[law[key] for law in laws]]
+        }
+        summary["num_parameters"] = group[0].num_parameters
+        per_variant[name] = summary
+    estimators = {n: per_variant[n] for n in config.estimators}
+    sizes = {config.model_presets[0]: per_variant[config.estimators[0]]} | {
+        p: per_variant[f"grpo-{p}"] for p in config.model_presets[1:]
+    }
+    across_estimators = {
+        coef: spread_z(
+            [s[coef]["mean"] for s in estimators.values()],
+            [s[coef]["std"] for s in estimators.values()],
+            config.num_seeds,
+        )
+        for coef in ("a", "b")
+    }
+    across_sizes = {}
+    if len(sizes) >= 2:
+        log_params = np.log10([s["num_parameters"] for s in sizes.values()])
+        across_sizes = {
+            coef: _loglinear(log_params, np.array([s[coef]["mean"] for s in sizes.values()]))
+            for coef in ("a", "b")
+        }
+    table = _table(per_variant)
+    print("\n" + markdown_table(table["columns"], table["rows"]))
+    sub_runs = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
+    context.writer().add_figure("law/reward_vs_entropy", figure_law(sub_runs))
+    context.writer().add_text("law/table", markdown_table(table["columns"], table["rows"]))
+    headline = {
+        "variants": per_variant,
+        "estimator_spread_z": across_estimators,
+        "size_loglinear": across_sizes,
+        "tables": [table],
+    }
+    return ExperimentResult(headline, _claims(config, per_variant, across_estimators, across_sizes))
+
+
+def _table(per_variant: dict[str, dict]) -> dict:
+    columns = [
+        "variant", "parameters", "a", "b", "R^2 (all steps)", "ceiling b - a",
+        "RMSE from first 15%", "RMSE vs smoothed", "final-step error", "reward noise",
+    ]  # fmt: skip
+    rows = []
+    for name, s in per_variant.items():
+        cells = [f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in ("a", "b", "r2", "ceiling")]
+        cells += [
+            f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
+            for k in ("rmse", "rmse_smoothed", "final_error", "reward_noise")
+        ]
+        rows.append([name, s["num_parameters"], *cells])
+    return {"title": "The law R = -a exp(H) + b per variant (mean ± std over seeds)",
+            "columns": columns, "rows": rows}  # fmt: skip
+
+
+def _claims(config: LawConfig, per_variant, across_estimators, across_sizes) -> list[Claim]:
+    claims: list[Claim] = []
+    for name, s in per_variant.items():
+        intervened = name in INTERVENTIONS
+        claims.append(
+            less_than(
+                f"law.{name}.extrapolates",
+                f"{name}{' (entropy intervention)' if intervened else ''}: the law fitted on the "
+                f"first {config.fit_fraction:.0%} of the steps predicts the rest (RMSE against "
+                "smoothed rewards, seed mean)",
+                s["rmse_smoothed"]["mean"],
+                config.rmse_bound,
+            )
+        )
+    if len(config.estimators) > 1:
+        for coef, z in across_estimators.items():
+            claims.append(
+                less_than(
+                    f"law.{coef}_independent_of_estimator",
+                    f"{coef} does not depend on the estimator ({', '.join(config.estimators)}): "
+                    "largest difference of estimator means in standard errors",
+                    z,
+                    2.0,
+                )
+            )
+    for coef, fit in across_sizes.items():
+        if len(config.model_presets) >= 3:
+            claims.append(
+                greater_than(
+                    f"law.{coef}_loglinear_in_model_size",
+                    f"{coef} is log-linear in the parameter count over "
+                    f"{len(config.model_presets)} sizes (R^2 of {coef} on log10 parameters)",
+                    fit["r2"],
+                    0.9,
+                )
+            )
+    return claims
