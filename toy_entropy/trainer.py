@@ -64,6 +64,9 @@ GLOBAL_METRIC_KEYS = (
 )
 """Per-row rollout tensors that step metrics read; gathered over ranks before they are read."""
 NONFINITE_POLICIES = ("skip", "stop")
+# Per-update metrics that are NaN by definition on some updates (e.g. the first, on-policy
+# update admits no token beyond the symmetric clip); averaged over the updates that define them.
+NAN_AWARE_METRICS = frozenset({"cov/clip_higher_admitted_mean"})
 
 
 class NonFiniteError(RuntimeError):
@@ -625,9 +628,8 @@ class Trainer:
             .float()
             .mean(),
         }
-        update_metrics: dict[str, torch.Tensor] = {}
+        update_metrics: dict[str, list[torch.Tensor]] = {}
         identity_actual, identity_predicted = [], []
-        updates = 0
         started = time.perf_counter()
         for _ in range(cfg.num_iterations):
             for rows in mini_batch_rows(
@@ -644,11 +646,12 @@ class Trainer:
                 identity_actual.append(actual)
                 identity_predicted.append(predicted)
                 for name, value in step_metrics.items():
-                    update_metrics[name] = update_metrics.get(name, 0) + value
-                updates += 1
+                    update_metrics.setdefault(name, []).append(torch.as_tensor(value))
         update_seconds = time.perf_counter() - started
-        for name, value in update_metrics.items():
-            metrics[name] = value / updates
+        for name, values in update_metrics.items():
+            # Diagnostics undefined on some updates (no token admitted) average over the rest.
+            mean = torch.nanmean if name in NAN_AWARE_METRICS else torch.mean
+            metrics[name] = mean(torch.stack(values).double())
         identity = torch.stack([torch.stack(identity_predicted), torch.stack(identity_actual)])
         metrics["identity/actual_dH"] = identity[1].sum()
         metrics["identity/predicted_dH"] = identity[0].sum()
@@ -659,8 +662,8 @@ class Trainer:
             [
                 torch.isfinite(batch["rewards"]).all(),
                 torch.isfinite(batch["advantages"]).all(),
-                torch.isfinite(update_metrics["loss/total"]).all(),
-                torch.isfinite(update_metrics["optim/grad_norm"]).all(),
+                torch.isfinite(metrics["loss/total"]).all(),
+                torch.isfinite(metrics["optim/grad_norm"]).all(),
             ]
         )
         metrics["guard/nonfinite"] = (~finite.all()).double()
