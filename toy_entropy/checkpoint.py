@@ -8,7 +8,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "prune_checkpoints"]
+__all__ = [
+    "atomic_torch_save",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "prune_checkpoints",
+]
 
 _PATTERN = "step_{:06d}.pt"
 
@@ -20,16 +26,22 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep_last
     The newest ``keep_last`` checkpoints are kept (0 keeps all).
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / _PATTERN.format(step)
-    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    atomic_torch_save(state, path)
+    prune_checkpoints(directory, keep_last)
+    return path
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` through ``.NAME.PID.tmp`` and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     with open(tmp, "wb") as handle:
-        torch.save(state, handle)
+        torch.save(obj, handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    prune_checkpoints(directory, keep_last)
-    return path
 
 
 def prune_checkpoints(directory: Path, keep_last: int) -> None:

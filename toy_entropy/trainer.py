@@ -44,7 +44,13 @@ from toy_entropy.entropy import (
     masked_token_mean,
     predicted_entropy_change,
 )
-from toy_entropy.losses import PolicyLossConfig, compute_policy_loss, select_tokens
+from toy_entropy.losses import (
+    PolicyLossConfig,
+    compute_policy_loss,
+    kl_estimate,
+    select_tokens,
+    token_covariance,
+)
 from toy_entropy.model import GPT, PRESETS, GPTConfig
 from toy_entropy.parallel import DataParallel, HiddenStates, mini_batch_rows, stratum_groups
 from toy_entropy.scale_presets import SCALE_PRESETS, apply_scale_preset, parse_task_kwargs
@@ -656,8 +662,13 @@ class Trainer:
         metrics["identity/actual_dH"] = identity[1].sum()
         metrics["identity/predicted_dH"] = identity[0].sum()
         if self.reference is not None:
-            log_ratio = batch["ref_log_probs"] - batch["old_log_probs"]
-            metrics["kl/reference_k3"] = masked_token_mean(log_ratio.exp() - 1 - log_ratio, mask)
+            k3 = kl_estimate(
+                batch["old_log_probs"],
+                batch["ref_log_probs"],
+                "k3",
+                self.loss_config.log_ratio_clamp,
+            )
+            metrics["kl/reference_k3"] = masked_token_mean(k3, mask)
         finite = torch.stack(
             [
                 torch.isfinite(batch["rewards"]).all(),
@@ -780,11 +791,8 @@ class Trainer:
         mask = batch["mask"]
         lp = batch["old_log_probs"]
         adv = batch["advantages"]
-        weights = mask.double()
-        n = weights.sum()
-        centred_lp = lp - (lp * weights).sum() / n
-        centred_adv = adv - (adv * weights).sum() / n
-        covariance = (centred_lp * centred_adv)[mask]
+        means = masked_token_mean(lp, mask), masked_token_mean(adv, mask)
+        covariance = token_covariance(lp, adv, *means)[mask]
         self.writer.add_histogram("covariance/token_covariance", covariance, self.step)
         self.writer.add_histogram("entropy/per_state", batch["token_entropy"][mask], self.step)
 

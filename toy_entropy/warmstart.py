@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from toy_entropy.checkpoint import atomic_torch_save
 from toy_entropy.model import GPT, GPTConfig
 
 __all__ = ["WarmStartConfig", "warm_start", "cache_dir", "corrupt_demonstrations"]
@@ -149,8 +150,5 @@ def warm_start(
             model = GPT(model_config)
     model.to(device)
     _train(task, model, config, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     return model.eval(), False
