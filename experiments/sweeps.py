@@ -162,11 +162,13 @@ class InstrumentedTrainer(Trainer):
             self._pending.update(hook(self, batch))
         return batch
 
-    def _optimise(self, batch: dict, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _optimise(
+        self, batch: dict, rows: torch.Tensor, on_policy: bool = False
+    ) -> dict[str, torch.Tensor]:
         for probe in self.probes:
             for name, value in probe.before_update(self, batch, rows).items():
                 self._totals[name] = self._totals.get(name, 0) + value
-        return super()._optimise(batch, rows)
+        return super()._optimise(batch, rows, on_policy)
 
     def _log(self, step: int, metrics: dict) -> None:
         for probe in self.probes:

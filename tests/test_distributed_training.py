@@ -147,12 +147,29 @@ def test_chunked_log_probs_give_the_unchunked_update():
     chunked = Trainer(TrainConfig(**config, log_prob_chunk_tokens=37), seed=4, device="cpu")
     full = Trainer(TrainConfig(**config, chunked_log_probs=False), seed=4, device="cpu")
     before = [p.detach().clone() for p in full.model.parameters()]
+    grads = [_first_step_gradients(chunked), _first_step_gradients(full)]
     one, two = chunked.train_step(), full.train_step()
     for name in ("entropy", "loss/total", "loss/entropy", "optim/grad_norm"):
         assert one[name] == pytest.approx(two[name], rel=1e-5), name
-    torch.testing.assert_close(_comparable(chunked), _comparable(full), atol=1e-6, rtol=1e-5)
+    # The gradients, not the parameters after AdamW: Adam divides each element by its own
+    # magnitude, so an element whose gradient is at the fp32 rounding level (~1e-6 of the
+    # largest) moves by a full +-lr either way, whatever the path that computed it.
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()), rtol=1e-4)
     moved = [(a - b).abs().max() for a, b in zip(full.model.parameters(), before)]
     assert max(moved) > 1e-4  # the step did update the model
+
+
+def _first_step_gradients(trainer: Trainer) -> list[torch.Tensor]:
+    """Filled with the gradients that the trainer's first optimiser step receives."""
+    captured: list[torch.Tensor] = []
+
+    def capture(optimizer, args, kwargs):
+        if not captured:
+            captured.extend(p.grad.clone() for p in trainer.model.parameters())
+
+    trainer.optimizer.register_step_pre_hook(capture)
+    return captured
 
 
 def test_num_prompts_must_split_over_ranks():

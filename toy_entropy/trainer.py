@@ -550,8 +550,19 @@ class Trainer:
             "token_entropy": token_entropy,
         }
 
-    def _optimise(self, batch: dict, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimiser step on the mini-batch ``rows``; returns device metrics."""
+    def _optimise(
+        self, batch: dict, rows: torch.Tensor, on_policy: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """One optimiser step on the mini-batch ``rows``; returns device metrics.
+
+        ``on_policy``: the model is still the one that sampled the rollout (the first step
+        after it). The loss then takes its own detached log-probs as the old ones, as TRL does
+        for on-policy updates, so ``lp - lp_old`` is exactly 0: the rollout's log-probs come
+        from another forward pass, and their rounding difference (~1e-6) would otherwise be
+        amplified by KL-Cov's ``|lp - lp_old|`` into a random +-ppo_kl_coef gradient per
+        selected token (the sign of rounding noise), which depends on the thread count and
+        the chunking of the forward pass.
+        """
         cfg = self.config
         take = {k: batch[k][rows] for k in ("tokens", "attention", "responses", "mask")}
         old_lp = batch["old_log_probs"][rows]
@@ -562,6 +573,8 @@ class Trainer:
         current_lp = self._score(
             self.model, take["tokens"], take["attention"], take["responses"], False
         )[0]
+        if on_policy:
+            old_lp = current_lp
         selection = select_tokens(
             self.loss_config,
             current_lp,
@@ -592,7 +605,7 @@ class Trainer:
                     loss, metrics = compute_policy_loss(
                         self.loss_config,
                         log_probs,
-                        old_lp[part],
+                        log_probs.detach() if on_policy else old_lp[part],
                         advantages[part],
                         take["mask"][part],
                         selection[part],
@@ -637,16 +650,17 @@ class Trainer:
         update_metrics: dict[str, list[torch.Tensor]] = {}
         identity_actual, identity_predicted = [], []
         started = time.perf_counter()
-        for _ in range(cfg.num_iterations):
-            for rows in mini_batch_rows(
+        for iteration in range(cfg.num_iterations):
+            passes = mini_batch_rows(
                 cfg.num_prompts,
                 cfg.num_generations,
                 cfg.num_mini_batches,
                 self.generator,
                 self.parallel,
-            ):
+            )
+            for index, rows in enumerate(passes):
                 before = self._probe_logits()
-                step_metrics = self._optimise(shard, rows)
+                step_metrics = self._optimise(shard, rows, on_policy=iteration == index == 0)
                 after = self._probe_logits()
                 actual, predicted = self._identity(before, after)
                 identity_actual.append(actual)
