@@ -21,6 +21,7 @@ import torch
 import envs  # noqa: F401  (registers the ToyEntropy ids)
 from experiments.bandit_priors import prior_problem
 from experiments.registry import ExperimentResult, RunContext, experiment
+from toy_entropy import interrupts
 from toy_entropy.advantages import compute_advantages
 from toy_entropy.claims import Claim, greater_than, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
@@ -124,6 +125,7 @@ def sampled_run(problem, rule: str, eta: float, config, seed: int, device) -> to
     generator = torch.Generator(device=device).manual_seed(seed)
     history = torch.empty(2, config.num_steps + 1, dtype=torch.float64)
     for step in range(config.num_steps + 1):
+        interrupts.check()  # nothing to checkpoint: a resume recomputes the experiment
         history[0, step] = policy.mean_entropy()
         history[1, step] = policy.expected_reward(means)
         if step == config.num_steps:

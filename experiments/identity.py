@@ -15,6 +15,7 @@ import torch
 
 from experiments.bandit_priors import PRIOR_NAMES, prior_problem
 from experiments.registry import ExperimentResult, RunContext, experiment
+from toy_entropy import interrupts
 from toy_entropy.claims import between, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.entropy import entropy_from_logits, predicted_entropy_change
@@ -90,6 +91,7 @@ def run(config: BanditIdentityConfig, context: RunContext) -> ExperimentResult:
         for rule in UPDATE_RULES:
             writer = context.writer(f"{prior}__{rule}")
             for index, eta in enumerate(etas):
+                interrupts.check()  # nothing to checkpoint: a resume recomputes the experiment
                 actual, predicted = one_step_changes(logits, means, rule, float(eta))
                 actual_mean, predicted_mean = actual.mean().item(), predicted.mean().item()
                 rel_error = abs(actual_mean - predicted_mean) / abs(actual_mean)

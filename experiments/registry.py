@@ -73,13 +73,18 @@ class RunContext:
         """The writer of the top-level run, or of the sub-run directory ``out_dir/sub_run``.
 
         The first call for a run directory creates it; ``resume_from_step`` then drops what
-        was logged after that step (see :class:`RunWriter`).
+        was logged after that step (see :class:`RunWriter`). When resuming, a directory
+        written without checkpoints (``resume_from_step=None``: figures, seed bands, bandit
+        curves, which are recomputed) starts over.
         """
         if sub_run not in self._writers:
+            if self.resume and resume_from_step is None:
+                resume_from_step = -1
+            fresh = resume_from_step is None or resume_from_step < 0
             self._writers[sub_run] = RunWriter(
                 self.run_dir(sub_run), resume_from_step=resume_from_step
             )
-            if sub_run is None and self.config_record is not None:
+            if sub_run is None and self.config_record is not None and fresh:
                 self._writers[sub_run].write_config(self.config_record)
         return self._writers[sub_run]
 
@@ -106,7 +111,9 @@ class Experiment:
         config_cls: a dataclass whose defaults are the full preset.
         run: ``run(config, context) -> ExperimentResult``.
         quick: field overrides of the ``--quick`` preset.
-        resumable: ``--resume`` continues a killed run from its checkpoints.
+
+    Every experiment resumes (``--resume``): training runs continue from their checkpoints,
+    finished ones are read back, and what keeps no checkpoint is recomputed.
     """
 
     name: str
@@ -114,7 +121,6 @@ class Experiment:
     config_cls: type
     run: Callable[[Any, RunContext], ExperimentResult]
     quick: Mapping[str, Any]
-    resumable: bool = False
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -125,16 +131,13 @@ def experiment(
     description: str,
     config_cls: type,
     quick: Mapping[str, Any] | None = None,
-    resumable: bool = False,
 ) -> Callable:
     """Decorator registering ``run(config, context)`` under ``name``."""
 
     def decorate(run: Callable[[Any, RunContext], ExperimentResult]):
         if name in _REGISTRY:
             raise ValueError(f"experiment {name!r} is registered twice")
-        _REGISTRY[name] = Experiment(
-            name, description, config_cls, run, dict(quick or {}), resumable
-        )
+        _REGISTRY[name] = Experiment(name, description, config_cls, run, dict(quick or {}))
         return run
 
     return decorate

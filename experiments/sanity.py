@@ -30,7 +30,6 @@ class SanityConfig(TrainConfig):
     "30-second CPU check: a warm-started transformer's entropy collapses as accuracy rises",
     SanityConfig,
     quick={"total_steps": 30},
-    resumable=True,
 )
 def run(config: SanityConfig, context: RunContext) -> ExperimentResult:
     trainer = train_one_run(config, context, context.seed, sub_run=None)

@@ -24,12 +24,15 @@ processes.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -37,7 +40,8 @@ import numpy as np
 import torch
 
 from experiments.registry import RunContext
-from experiments.training_runs import identity_figure
+from experiments.training_runs import log_run_end, resume_state
+from toy_entropy import interrupts
 from toy_entropy.config import config_to_dict
 from toy_entropy.curve_stats import seed_band
 from toy_entropy.tb_layout import add_layout, band_tags
@@ -185,38 +189,67 @@ def train_run(spec: RunSpec, context: RunContext) -> RunResult:
 
     Logs the initial evaluation at step 0, every step's metrics, the hparams with the final
     metrics and the identity scatter, like ``training_runs.train_one_run``, plus hook metrics.
+    With ``context.resume``, a finished run (its last checkpoint at ``total_steps``) is read
+    back from its checkpoint and metrics.jsonl, an unfinished one continues from its newest
+    checkpoint, and one without a checkpoint starts over.
     """
     started = time.perf_counter()
-    writer = context.writer(spec.sub_run)
+    checkpoints = context.run_dir(spec.sub_run) / "checkpoints"
+    state = resume_state(checkpoints, spec.config, required=False) if context.resume else None
+    logged: list[dict] = []  # rows of the steps before the checkpoint, from metrics.jsonl
+    if state is not None:
+        logged = _logged_rows(context.run_dir(spec.sub_run), state["step"])
+        if state["step"] >= spec.config.total_steps:
+            return _finished_result(spec, state, logged)
+    writer = context.writer(spec.sub_run, resume_from_step=state["step"] if state else None)
     trainer = InstrumentedTrainer(
         spec.config,
         spec.seed,
         context.device,
         log_fn=writer.log,
         writer=writer,
-        checkpoint_dir=writer.directory / "checkpoints",
+        checkpoint_dir=checkpoints,
         hooks=spec.hooks,
         probes=spec.probes,
     )
-    trainer.initial_eval = trainer.evaluate()
-    writer.log(0, trainer.initial_eval)
-    for _ in context.progress(range(spec.config.total_steps), desc=spec.sub_run):
-        trainer.train_step()
-    trainer.save_checkpoint()
-    final = trainer.rows[-1]
-    writer.add_hparams(
-        {"variant": spec.variant, "seed": spec.seed, **config_to_dict(spec.config)},
-        {k: v for k, v in final.items() if k in ("entropy", "reward") or k.startswith("eval/")},
-    )
-    writer.add_figure("identity/scatter_actual_vs_predicted", identity_figure(trainer))
+    trainer.fit(state, progress=partial(context.progress, desc=spec.sub_run))
+    log_run_end(writer, trainer, {"variant": spec.variant, "seed": spec.seed,
+                                  **config_to_dict(spec.config)})  # fmt: skip
     return RunResult(
         variant=spec.variant,
         seed=spec.seed,
-        rows=trainer.rows,
+        rows=logged + trainer.rows,
         initial_eval=trainer.initial_eval,
         identity_points=list(trainer.identity_points),
         num_parameters=sum(p.numel() for p in trainer.model.parameters()),
         seconds=time.perf_counter() - started,
+    )
+
+
+def _logged_rows(run_dir: Path, last_step: int) -> list[dict]:
+    """The metrics.jsonl rows of steps 1..``last_step`` (hook metrics included)."""
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line of a killed run
+            continue
+        if 1 <= row.get("step", 0) <= last_step:
+            rows.append({k: (float("nan") if v is None else v) for k, v in row.items()})
+    return rows
+
+
+def _finished_result(spec: RunSpec, state: dict, rows: list[dict]) -> RunResult:
+    """The result of a run that finished before the sweep was interrupted."""
+    return RunResult(
+        variant=spec.variant,
+        seed=spec.seed,
+        rows=rows,
+        initial_eval=dict(state["initial_eval"]),
+        identity_points=list(state["identity_points"]),
+        num_parameters=sum(v.numel() for v in state["model"].values()),
+        seconds=0.0,
     )
 
 
@@ -229,15 +262,23 @@ def resolve_workers(workers: int, num_runs: int, device: torch.device) -> int:
     return max(1, min(os.cpu_count() or 1, num_runs))
 
 
+def _start_worker() -> None:
+    """Initialiser of a sweep's worker processes."""
+    interrupts.die_with_parent()  # no orphan keeps writing after its parent is killed
+    interrupts.install(abort_on_repeat=False)  # a stop request finishes the step in flight
+    torch.set_num_threads(1)  # one core per process; the processes share the machine
+
+
 def _warm_in_worker(config: TrainConfig, seed: int, device: str) -> None:
-    torch.set_num_threads(1)
     Trainer(config, seed, torch.device(device))  # fills the warm-start cache
 
 
-def _train_in_worker(spec: RunSpec, out_dir: str, device: str) -> RunResult:
-    torch.set_num_threads(1)  # one core per process; the processes share the machine
+def _train_in_worker(spec: RunSpec, out_dir: str, device: str, resume: bool) -> RunResult:
+    interrupts.check()  # a run queued before a stop request does not start
     torch.manual_seed(spec.seed)
-    context = RunContext(Path(out_dir), spec.seed, torch.device(device), show_progress=False)
+    context = RunContext(
+        Path(out_dir), spec.seed, torch.device(device), show_progress=False, resume=resume
+    )
     try:
         return train_run(spec, context)
     finally:
@@ -254,31 +295,67 @@ def run_sweep(specs: Sequence[RunSpec], context: RunContext, workers: int = 0) -
     """Train every spec; in ``workers`` processes (0: auto, see :func:`resolve_workers`).
 
     Returns the results in the order of ``specs``. Warm starts shared by several specs are
-    made once, before the runs start, so that parallel runs do not repeat them.
+    made once, before the runs start, so that parallel runs do not repeat them. On a stop
+    request (SIGINT / SIGTERM, passed on to the workers) the runs in flight finish their step
+    and checkpoint it, queued runs do not start, and :class:`~toy_entropy.interrupts.Interrupted`
+    is raised once every worker has stopped; ``--resume`` then continues the sweep.
     """
     if len({spec.sub_run for spec in specs}) != len(specs):
         raise ValueError("run_sweep: two specs have the same variant and seed")
     workers = resolve_workers(workers, len(specs), context.device)
     if workers == 1:
-        return [train_run(spec, context) for spec in specs]
+        results = []
+        for spec in specs:
+            interrupts.check()
+            results.append(train_run(spec, context))
+        return results
     device = str(context.device)
     pool_context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
     results: dict[str, RunResult] = {}
-    with ProcessPoolExecutor(workers, mp_context=pool_context) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=pool_context, initializer=_start_worker)
+    interrupts.forward_to(lambda: _worker_pids(pool))
+    try:
         warm = {_warm_key(spec): spec for spec in specs}
         for future in as_completed(
             [pool.submit(_warm_in_worker, s.config, s.seed, device) for s in warm.values()]
         ):
             future.result()
+        interrupts.check()
         futures = {
-            pool.submit(_train_in_worker, spec, str(context.out_dir), device): spec
+            pool.submit(_train_in_worker, spec, str(context.out_dir), device, context.resume): spec
             for spec in specs
         }
         done = as_completed(futures)
         for future in context.progress(done, total=len(futures), desc="runs"):
-            result = future.result()
-            results[futures[future].sub_run] = result
+            if interrupts.requested() is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            results[futures[future].sub_run] = future.result()
+    except KeyboardInterrupt:  # a second Ctrl-C: abort now, without checkpoints
+        _signal_workers(pool, signal.SIGKILL)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    except BaseException:
+        # Queued runs are dropped; the running ones finish their step and checkpoint it.
+        _signal_workers(pool, signal.SIGTERM)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        interrupts.forward_to(None)
+    pool.shutdown(wait=True)
     return [results[spec.sub_run] for spec in specs]
+
+
+def _worker_pids(pool: ProcessPoolExecutor) -> list[int]:
+    # ProcessPoolExecutor has no public list of its processes before Python 3.14.
+    return [process.pid for process in getattr(pool, "_processes", {}).values()]
+
+
+def _signal_workers(pool: ProcessPoolExecutor, signum: int) -> None:
+    for pid in _worker_pids(pool):
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def group_by_variant(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:

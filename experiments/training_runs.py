@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 import numpy as np
 
 from experiments.registry import RunContext
@@ -9,9 +12,31 @@ from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.config import config_to_dict
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.plots import plt, scatter_identity
-from toy_entropy.trainer import TrainConfig, Trainer
+from toy_entropy.runlog import RunWriter
+from toy_entropy.trainer import TrainConfig, Trainer, check_resumable
 
-__all__ = ["train_one_run", "identity_summary", "law_summary"]
+__all__ = ["train_one_run", "resume_state", "log_run_end", "identity_summary", "law_summary"]
+
+
+def resume_state(checkpoints: Path, config: TrainConfig, required: bool) -> dict | None:
+    """The newest checkpoint of a run being resumed, checked against ``config`` before any of
+    the run's logs is touched.
+
+    Raises:
+        ValueError: no checkpoint (when ``required``), a corrupt one, or another config.
+    """
+    path = latest_checkpoint(checkpoints)
+    if path is None:
+        if required:
+            raise ValueError(
+                f"--resume: no checkpoint in {checkpoints} (the run stopped before writing one; "
+                "with checkpoint_every=0 only a finished or interrupted run has one); "
+                "rerun with --overwrite"
+            )
+        return None
+    state = load_checkpoint(path)
+    check_resumable(state, config)
+    return state
 
 
 def train_one_run(
@@ -21,39 +46,28 @@ def train_one_run(
 
     The initial held-out evaluation is logged at step 0; the identity scatter is logged as a
     TensorBoard figure at the end. With ``context.resume`` the run continues from the newest
-    checkpoint in ``checkpoints/`` (or starts over if there is none), logging each step once.
+    checkpoint in ``checkpoints/`` (refused if there is none), logging each step once.
     """
     checkpoints = context.run_dir(sub_run) / "checkpoints"
-    state = None
-    if context.resume:
-        path = latest_checkpoint(checkpoints)
-        state = None if path is None else load_checkpoint(path)
-    writer = context.writer(
-        sub_run, resume_from_step=(state["step"] if state else -1) if context.resume else None
-    )
+    state = resume_state(checkpoints, config, required=True) if context.resume else None
+    writer = context.writer(sub_run, resume_from_step=state["step"] if state else None)
     trainer = Trainer(
         config, seed, context.device, log_fn=writer.log, writer=writer, checkpoint_dir=checkpoints
     )
-    if state is not None:
-        trainer.load_state(state)
-    else:
-        trainer.initial_eval = trainer.evaluate()
-        writer.log(0, trainer.initial_eval)
-    bar = context.progress(range(trainer.step, config.total_steps), desc=sub_run or "train")
-    for _ in bar:
-        metrics = trainer.train_step()
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(
-                step=trainer.step, reward=f"{metrics['reward']:.3f}", H=f"{metrics['entropy']:.3f}"
-            )
-    trainer.save_checkpoint()
-    final = trainer.history[-1].metrics
+    trainer.fit(state, progress=partial(context.progress, desc=sub_run or "train"))
+    log_run_end(writer, trainer, {"seed": seed, **config_to_dict(config)})
+    return trainer
+
+
+def log_run_end(writer: RunWriter, trainer: Trainer, hparams: dict) -> None:
+    """The hparams with the final metrics and the identity scatter of a finished run."""
+    final = trainer.history[-1].metrics if trainer.history else trainer.initial_eval
     writer.add_hparams(
-        {"seed": seed, **config_to_dict(config)},
+        hparams,
         {k: v for k, v in final.items() if k in ("entropy", "reward") or k.startswith("eval/")},
     )
-    writer.add_figure("identity/scatter_actual_vs_predicted", identity_figure(trainer))
-    return trainer
+    if trainer.identity_points:
+        writer.add_figure("identity/scatter_actual_vs_predicted", identity_figure(trainer))
 
 
 def identity_figure(trainer: Trainer):
@@ -66,6 +80,9 @@ def identity_figure(trainer: Trainer):
 
 def identity_summary(trainer: Trainer) -> dict[str, float]:
     """Correlation, sign agreement and least-squares slope of actual on predicted dH."""
+    if not trainer.identity_points:
+        nan = float("nan")
+        return {"correlation": nan, "sign_agreement": nan, "slope": nan, "num_updates": 0}
     predicted, actual = (np.array(v) for v in zip(*trainer.identity_points))
     correlation = float(np.corrcoef(predicted, actual)[0, 1]) if len(actual) > 2 else float("nan")
     slope = float(np.dot(predicted, actual) / max(np.dot(predicted, predicted), 1e-30))
@@ -78,7 +95,21 @@ def identity_summary(trainer: Trainer) -> dict[str, float]:
 
 
 def law_summary(entropy: np.ndarray, reward: np.ndarray) -> dict[str, float]:
-    """The law fitted on all steps, and fitted on the first 15% to predict the rest."""
-    fit = fit_entropy_reward_law(entropy, reward)
-    extrapolation = extrapolate_law(entropy, reward, 0.15)
-    return {**fit.to_dict(), "rmse": extrapolation.rmse, "final_error": extrapolation.final_error}
+    """The law fitted on all steps, and fitted on the first 15% to predict the rest.
+
+    Steps the non-finite guard rolled back (NaN entries) are left out. Too few steps for a fit
+    give NaN values and a ``note`` saying so.
+    """
+    entropy, reward = np.asarray(entropy, dtype=float), np.asarray(reward, dtype=float)
+    kept = np.isfinite(entropy) & np.isfinite(reward)
+    entropy, reward = entropy[kept], reward[kept]
+    nan = float("nan")
+    summary = {"a": nan, "b": nan, "r2": nan, "ceiling": nan, "num_points": int(kept.sum())}
+    if entropy.size < 2:
+        return {**summary, "rmse": nan, "final_error": nan, "note": "too few steps to fit"}
+    summary.update(fit_entropy_reward_law(entropy, reward).to_dict())
+    try:
+        extrapolation = extrapolate_law(entropy, reward, 0.15)
+    except ValueError:  # nothing left to predict after the early fit
+        return {**summary, "rmse": nan, "final_error": nan, "note": "too few steps to extrapolate"}
+    return {**summary, "rmse": extrapolation.rmse, "final_error": extrapolation.final_error}

@@ -209,13 +209,15 @@ def test_torchrun_entry_point_matches_one_process_and_resumes(tmp_path):
     for a, b in zip(rows_one, rows_two):
         assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert summary["world_size"] == WORLD
+    assert summary["headline"]["world_size"] == WORLD
     # Resume the 1-process run from step 1: step 2 is redone exactly, logged once.
     (tmp_path / "one" / "checkpoints" / "step_000002.pt").unlink()
+    (tmp_path / "one" / "summary.json").unlink()  # as if killed before the end
     again = _run(tmp_path, "one", 1, "--resume")
     assert again.returncode == 0, again.stderr
     assert _rows(tmp_path, "one") == rows_one
     # A 2-rank run does not resume a 1-rank checkpoint.
+    (tmp_path / "one" / "summary.json").unlink()
     refused = _run(tmp_path, "one", WORLD, "--resume")
     assert refused.returncode != 0
     assert "checkpoint world_size=1 does not match this run's world_size=2" in refused.stderr

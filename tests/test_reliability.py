@@ -88,11 +88,10 @@ def test_cli_resume_errors(tmp_path, capsys):
     not_a_run.mkdir()
     assert main(["run", "sanity", "--resume", str(not_a_run)]) == 2
     assert "no config.json" in capsys.readouterr().err
-    assert main(["run", "bandit-identity", "--resume", str(not_a_run)]) == 2
-    assert "cannot be resumed" in capsys.readouterr().err
     other = tmp_path / "other"
     other.mkdir()
-    (other / "config.json").write_text(json.dumps({"experiment": "bandit-collapse"}))
+    record = {"experiment": "bandit-collapse", "seed": 0, "config": {}}
+    (other / "config.json").write_text(json.dumps({**record, "toy_entropy_version": "0.1.0"}))
     assert main(["run", "sanity", "--resume", str(other)]) == 2
     assert "not 'sanity'" in capsys.readouterr().err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -33,15 +34,29 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep_last
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` through ``.NAME.PID.tmp`` and a rename: never half-written."""
+    """``torch.save`` to ``path`` through ``.NAME.PID.tmp`` and a rename: never half-written.
+
+    The object is serialised in memory first, so that a full disk surfaces as an ``OSError``
+    (ENOSPC) naming ``path`` rather than as a serialiser error; the temporary file is removed
+    on any failure.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def prune_checkpoints(directory: Path, keep_last: int) -> None:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import shutil
+import errno
 import sys
 import time
 from pathlib import Path
@@ -16,16 +15,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toy_entropy import interrupts
 from toy_entropy.claims import format_claims_table
 from toy_entropy.config import ConfigError, apply_overrides, config_to_dict
-from toy_entropy.runlog import atomic_write_json, environment_info
+from toy_entropy.rundir import (
+    OutDir,
+    RunDirError,
+    check_out_option,
+    check_resume_dir,
+    prepare_out_dir,
+)
+from toy_entropy.runlog import atomic_write_json, environment_info, write_run_summary
 from toy_entropy.trainer import NonFiniteError
+from toy_entropy.warmstart import check_cache_dir
 
 __all__ = ["main", "UserError"]
 
 
 class UserError(Exception):
     """A problem with what the user asked for; reported in one line with exit code 2."""
+
+
+MAX_SEED = 2**32 - 1
+"""Largest --seed: numpy's legacy seeding takes 32 bits (the trainer derives seed + small k)."""
+
+
+def _out_path(text: str) -> Path:
+    try:
+        return check_out_option(text)
+    except RunDirError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _resume_path(text: str) -> Path:
+    try:
+        return check_out_option(text, "--resume")
+    except RunDirError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -36,7 +62,9 @@ def _build_parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list the experiments, one per line")
     run = commands.add_parser("run", help="run a named experiment")
     run.add_argument("name", help="experiment name (see `toy-entropy list`)")
-    run.add_argument("--out", type=Path, default=None, help="run directory (default: runs/...)")
+    run.add_argument(
+        "--out", type=_out_path, default=None, help="run directory (default: runs/...)"
+    )
     run.add_argument("--seed", type=int, default=None, help="base random seed (default 0)")
     run.add_argument("--device", default=None, help="torch device: cpu (default) or cuda")
     run.add_argument(
@@ -51,7 +79,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     run.add_argument(
         "--resume",
-        type=Path,
+        type=_resume_path,
         default=None,
         metavar="DIR",
         help="continue the killed run in DIR from its latest checkpoint",
@@ -60,7 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write a markdown report of run directories")
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directory")
     report.add_argument(
-        "--out", type=Path, default=None, help="report file (default: RUN_DIR/report.md)"
+        "--out", type=_out_path, default=None, help="report file (default: RUN_DIR/report.md)"
     )
     return parser
 
@@ -73,33 +101,21 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _prepare_out_dir(out: Path | None, name: str, seed: int, overwrite: bool) -> Path:
-    if out is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{name}__{seed}__{stamp}"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out={out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(
-                f"--out={out} already holds files; pass --overwrite to replace it "
-                "or choose another directory"
-            )
-        shutil.rmtree(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"--out={out} is not writable: {error.strerror or error}") from None
-    return out
+def _check_seed(seed: int | None) -> int:
+    seed = 0 if seed is None else seed
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed={seed} is invalid: expected an integer in [0, {MAX_SEED}]")
+    return seed
+
+
+def _default_out(name: str, seed: int) -> Path:
+    return Path("runs") / f"{name}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-    # Same config and seed -> identical metrics.jsonl on CPU, also after a resume.
+    # Same config, seed and thread count -> identical metrics.jsonl on CPU, also on a resume.
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -116,28 +132,18 @@ def _resolve_config(spec, args: argparse.Namespace):
 def _read_resumable_run(spec, args: argparse.Namespace) -> dict:
     """The stored config.json of the run ``--resume`` names, checked against the command."""
     directory = args.resume
-    if not spec.resumable:
-        raise UserError(
-            f"experiment {spec.name!r} cannot be resumed (it has no checkpoints); "
-            "rerun it with --overwrite"
-        )
     if args.out is not None and Path(args.out).resolve() != directory.resolve():
         raise UserError("--resume and --out name different directories; give only --resume")
-    config_path = directory / "config.json"
+    if args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; give one of them")
     try:
-        stored = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(
-            f"--resume={directory}: no config.json, so it is not a run directory"
-        ) from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"--resume={directory}: config.json is unreadable: {error}") from None
+        stored = check_resume_dir(directory)
+    except RunDirError as error:
+        raise UserError(f"--resume={error}") from None
     if stored.get("experiment") != spec.name:
         raise UserError(
             f"--resume={directory} holds a run of {stored.get('experiment')!r}, not {spec.name!r}"
         )
-    if (directory / "summary.json").exists():
-        raise UserError(f"--resume={directory}: the run already finished (summary.json exists)")
     if args.overrides or args.quick:
         if config_to_dict(_resolve_config(spec, args)) != stored["config"]:
             raise UserError(
@@ -145,9 +151,47 @@ def _read_resumable_run(spec, args: argparse.Namespace) -> dict:
             )
     for option in ("seed", "device"):
         given = getattr(args, option)
-        if given is not None and str(given) != str(stored[option]):
+        if given is not None and str(given) != str(stored.get(option)):
             raise UserError(f"--resume={directory}: --{option}={given} differs from the run's")
     return stored
+
+
+def _check_cache() -> None:
+    try:
+        check_cache_dir()
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def _start(spec, args: argparse.Namespace):
+    """Everything checked before the first write: ``(config, seed, device, out, record)``."""
+    if args.resume is not None:
+        stored = _read_resumable_run(spec, args)
+        try:
+            config = spec.config_cls(**_fields_from_json(spec.config_cls, stored["config"]))
+            device = _resolve_device(str(stored.get("device", "cpu")))
+        except (ValueError, TypeError) as error:
+            raise UserError(
+                f"--resume={args.resume}: its config.json is invalid: {error}"
+            ) from None
+        _check_cache()
+        return config, _check_seed(stored["seed"]), device, OutDir(args.resume, None), stored
+    config = _resolve_config(spec, args)
+    seed = _check_seed(args.seed)
+    device = _resolve_device(args.device or "cpu")
+    _check_cache()
+    try:
+        out = prepare_out_dir(args.out or _default_out(spec.name, seed), overwrite=args.overwrite)
+    except RunDirError as error:
+        raise UserError(str(error)) from None
+    record = {
+        "experiment": spec.name,
+        "preset": "quick" if args.quick else "full",
+        "seed": seed,
+        "config": config_to_dict(config),
+        **environment_info(str(device)),
+    }
+    return config, seed, device, out, record
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -157,66 +201,62 @@ def _run(args: argparse.Namespace) -> int:
         spec = get_experiment(args.name)
     except ValueError as error:
         raise UserError(str(error)) from None
-    if args.resume is not None:
-        stored = _read_resumable_run(spec, args)
-        try:
-            config = spec.config_cls(**_fields_from_json(spec.config_cls, stored["config"]))
-        except (ValueError, TypeError) as error:
-            raise UserError(
-                f"--resume={args.resume}: its config.json is invalid: {error}"
-            ) from None
-        seed, device, out_dir = stored["seed"], _resolve_device(stored["device"]), args.resume
-        resolved = stored
-    else:
-        config = _resolve_config(spec, args)
-        seed = 0 if args.seed is None else args.seed
-        device = _resolve_device(args.device or "cpu")
-        out_dir = _prepare_out_dir(args.out, spec.name, seed, args.overwrite)
-        resolved = {
-            "experiment": spec.name,
-            "preset": "quick" if args.quick else "full",
-            "seed": seed,
-            "config": config_to_dict(config),
-            **environment_info(str(device)),
-        }
-    verb = "resuming" if args.resume is not None else "running"
-    print(f"toy-entropy: {verb} {spec.name!r} in {out_dir}", flush=True)
+    config, seed, device, out, record = _start(spec, args)
+    resume = args.resume is not None
+    verb = "resuming" if resume else "running"
+    print(f"toy-entropy: {verb} {spec.name!r} in {out.path}", flush=True)
     _seed_everything(seed)
-    atomic_write_json(out_dir / "config.json", resolved)
     context = RunContext(
-        out_dir,
-        seed,
-        device,
-        show_progress=not args.quiet,
-        resume=args.resume is not None,
-        config_record=resolved,
+        out.path, seed, device, show_progress=not args.quiet, resume=resume, config_record=record
     )
     try:
+        if not resume:
+            atomic_write_json(out.path / "config.json", record)
         result = spec.run(config, context)
-    except NonFiniteError as error:
-        print(f"toy-entropy: stopped: {error}", file=sys.stderr)
-        return 1
-    except ValueError as error:  # e.g. a corrupt checkpoint found while resuming
-        if args.resume is None:
+    except (ConfigError, RunDirError) as error:  # refused by a check that needs the run
+        out.discard()
+        raise UserError(str(error)) from None
+    except ValueError as error:  # e.g. a corrupt or mismatched checkpoint found on --resume
+        if not resume:
             raise
         raise UserError(str(error)) from None
+    except interrupts.Interrupted as stop:
+        return _interrupted(spec.name, out, stop)
+    except NonFiniteError as error:
+        context.close()
+        write_run_summary(out.path, spec.name, seed, status="stopped", reason=str(error))
+        print(f"toy-entropy: stopped: {error}", file=sys.stderr)
+        return 1
     finally:
         context.close()
-    summary = {
-        "experiment": spec.name,
-        "seed": seed,
-        "headline": result.headline,
-        "claims": [c.to_dict() for c in result.claims],
-    }
-    atomic_write_json(out_dir / "summary.json", summary)
+    write_run_summary(out.path, spec.name, seed, result.headline, result.claims)
     if result.claims:
         print()
         print(format_claims_table(result.claims))
     print()
-    print(f"Run directory: {out_dir}")
-    print(f"  summary:     {out_dir / 'summary.json'}")
-    print(f"  TensorBoard: tensorboard --logdir {out_dir}")
+    print(f"Run directory: {out.path}")
+    print(f"  summary:     {out.path / 'summary.json'}")
+    print(f"  TensorBoard: tensorboard --logdir {out.path}")
     return 0
+
+
+def _interrupted(name: str, out: OutDir, stop: interrupts.Interrupted) -> int:
+    """One line on an interrupt: what was kept and how to continue."""
+    if any(out.path.rglob("step_*.pt")):
+        print(
+            f"toy-entropy: {stop}; the last completed step is checkpointed. "
+            f"Resume with: toy-entropy run {name} --resume {out.path}",
+            file=sys.stderr,
+        )
+    elif out.created is not None:
+        out.discard()
+        print(f"toy-entropy: {stop} before the first step ended; nothing kept", file=sys.stderr)
+    else:
+        print(
+            f"toy-entropy: {stop}; resume with: toy-entropy run {name} --resume {out.path}",
+            file=sys.stderr,
+        )
+    return interrupts.exit_code(stop.signum)
 
 
 def _fields_from_json(config_cls: type, values: dict) -> dict:
@@ -251,6 +291,8 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``toy-entropy`` console script."""
     args = _build_parser().parse_args(argv)
+    if args.command == "run":
+        interrupts.install()  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130 / 143
     try:
         if args.command == "list":
             return _list()
@@ -261,6 +303,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"toy-entropy: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("toy-entropy: aborted by a second interrupt; steps since the last checkpoint are "
+              "lost", file=sys.stderr)  # fmt: skip
+        return interrupts.exit_code(2)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        where = error.filename or getattr(args, "out", None) or "the run directory"
+        print(f"toy-entropy: error: no space left on device while writing {where}", file=sys.stderr)
+        return 1
+    finally:
+        interrupts.restore_defaults()
     return 2
 
 

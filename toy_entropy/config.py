@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -35,6 +36,9 @@ class ConfigError(ValueError):
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{field}={value!r} is invalid: {allowed}")
 
+    def __reduce__(self):  # picklable, so that it crosses from a sweep's worker processes
+        return type(self), (self.field, self.value, self.allowed)
+
 
 def check_choice(field: str, value: Any, choices: Iterable[Any]) -> None:
     choices = list(choices)
@@ -51,9 +55,12 @@ def check_range(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a number inside the given interval."""
+    """Raise :class:`ConfigError` unless ``value`` is a finite number inside the interval
+    (``inf`` is refused too: no field of this project means anything at infinity)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise ConfigError(field, value, "expected a number")
+    if not math.isfinite(value):
+        raise ConfigError(field, value, "expected a finite number")
     too_low = low is not None and (value < low if low_inclusive else value <= low)
     too_high = high is not None and (value > high if high_inclusive else value >= high)
     if too_low or too_high:

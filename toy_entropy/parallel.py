@@ -28,6 +28,7 @@ import contextlib
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import timedelta
 
 import torch
 import torch.distributed
@@ -70,6 +71,11 @@ class DataParallel:
     def is_main(self) -> bool:
         """Rank 0: the one that logs, evaluates and writes checkpoints."""
         return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing to wait for in a world of one)."""
+        if self.world_size > 1:
+            torch.distributed.barrier()
 
     def shard(self, n: int) -> slice:
         """This rank's block of ``n`` items (rows or groups); ``n`` divisible by world size."""
@@ -180,7 +186,9 @@ def mini_batch_rows(
         yield (chosen + offsets).reshape(-1)
 
 
-def init_from_env(device: str) -> tuple[DataParallel, torch.device]:
+def init_from_env(
+    device: str, timeout: timedelta = timedelta(minutes=10)
+) -> tuple[DataParallel, torch.device]:
     """Join the process group torchrun describes in the environment, or run alone.
 
     With ``WORLD_SIZE`` > 1 (set by torchrun), initialises ``torch.distributed`` with nccl on
@@ -188,6 +196,8 @@ def init_from_env(device: str) -> tuple[DataParallel, torch.device]:
 
     Args:
         device: ``"cpu"`` or ``"cuda"``.
+        timeout: how long a collective waits for the other ranks before it fails (a frozen
+            or dead rank then ends the job with an error instead of hanging it).
 
     Returns:
         ``(parallel, device)``: this rank's :class:`DataParallel` and its torch device.
@@ -204,5 +214,5 @@ def init_from_env(device: str) -> tuple[DataParallel, torch.device]:
         torch_device = torch.device("cpu")
     if world_size == 1:
         return DataParallel(), torch_device
-    torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
+    torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo", timeout=timeout)
     return DataParallel(torch.distributed.group.WORLD), torch_device

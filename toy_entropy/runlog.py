@@ -13,7 +13,11 @@ under that name in metrics.jsonl and under ``charts/<name>`` in TensorBoard. A n
 to TensorBoard only, so that metrics.jsonl is identical for the same config and seed.
 
 Resuming: ``RunWriter(directory, resume_from_step=k)`` drops the metrics.jsonl rows after step k
-and tells TensorBoard to purge its events after step k, so every step appears exactly once.
+and rewrites the TensorBoard event files without the events after step k (k = -1: start the
+directory's logs over), so every (tag, step) appears exactly once for every TensorBoard loader,
+not only for those that honour a purge marker.
+
+Every file of a run directory gets the same permission mode (0666 less the umask).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import json
 import math
 import os
 import platform
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +40,20 @@ __all__ = [
     "RunWriter",
     "atomic_write_text",
     "atomic_write_json",
+    "drop_events_after",
     "environment_info",
+    "file_mode",
     "to_jsonable",
     "truncate_metrics",
+    "write_run_summary",
 ]
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -46,11 +61,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; the run's other files are 0666-umask
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+    except OSError as error:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from None
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -92,6 +111,25 @@ def environment_info(device: str) -> dict[str, str]:
     }
 
 
+def write_run_summary(
+    directory: Path,
+    name: str,
+    seed: int,
+    headline: Mapping[str, Any] | None = None,
+    claims: Sequence[Any] = (),
+    status: str = "finished",
+    reason: str | None = None,
+) -> None:
+    """summary.json, one schema for every entry point: the headline numbers and claims of a
+    finished run, or ``status="stopped"`` and the ``reason`` why it stopped."""
+    summary: dict[str, Any] = {"experiment": name, "seed": seed, "status": status}
+    if reason is not None:
+        summary["reason"] = reason
+    summary["headline"] = dict(headline or {})
+    summary["claims"] = [claim.to_dict() for claim in claims]
+    atomic_write_json(Path(directory) / "summary.json", summary)
+
+
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Keep the metrics.jsonl rows with ``step <= last_step`` (and drop a torn last line)."""
     if not path.exists():
@@ -105,6 +143,37 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         if row.get("step", last_step + 1) <= last_step:
             kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def drop_events_after(directory: Path, last_step: int) -> None:
+    """Rewrite the TensorBoard event files of ``directory`` without events after ``last_step``.
+
+    The kept events go to one new event file (written completely, in a temporary directory,
+    before the old files are deleted); a torn last record of a killed run is dropped.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    directory = Path(directory)
+    old_files = sorted(directory.glob("events.out.tfevents.*"))
+    if not old_files:
+        return
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".events-rewrite."))
+    try:
+        if last_step >= 0:
+            writer = EventFileWriter(str(staging), filename_suffix=".resumed")
+            for old in old_files:
+                for event in LegacyEventFileLoader(str(old)).Load():
+                    if not event.HasField("file_version") and event.step <= last_step:
+                        writer.add_event(event)
+            writer.close()
+        for new in staging.iterdir():
+            os.chmod(new, file_mode())
+            os.replace(new, directory / new.name)
+        for old in old_files:
+            old.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _tensorboard_tag(name: str) -> str:
@@ -128,11 +197,11 @@ class RunWriter:
         self._tb = None
         if resume_from_step is not None:
             truncate_metrics(self.directory / "metrics.jsonl", resume_from_step)
+            drop_events_after(self.directory, resume_from_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            purge = None if resume_from_step is None else resume_from_step + 1
-            self._tb = SummaryWriter(log_dir=str(self.directory), purge_step=purge)
+            self._tb = SummaryWriter(log_dir=str(self.directory))
 
     @property
     def tensorboard(self):
@@ -149,9 +218,16 @@ class RunWriter:
                     self._tb.add_scalar(_tensorboard_tag(name), value, int(step))
         row = {name: value for name, value in row.items() if not name.startswith("perf/")}
         if self._metrics_file is None:
-            self._metrics_file = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        self._metrics_file.write(json.dumps(row) + "\n")
-        self._metrics_file.flush()
+            self._metrics_file = open(self.directory / "metrics.jsonl", "ab", buffering=0)  # noqa: SIM115
+        line = (json.dumps(row) + "\n").encode("utf-8")
+        start = self._metrics_file.tell()
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[self._metrics_file.write(view) :]
+        except OSError as error:
+            self._metrics_file.truncate(start)  # never leave a torn line (e.g. a full disk)
+            raise OSError(error.errno, error.strerror, self._metrics_file.name) from None
 
     def add_figure(self, tag: str, figure, step: int = 0) -> None:
         """Log a matplotlib figure as a TensorBoard image (and close it)."""

@@ -4,38 +4,64 @@
     torchrun --nproc_per_node 2 -m toy_entropy.train --out runs/two --set total_steps=20
     torchrun --nproc_per_node 8 -m toy_entropy.train --device cuda --out runs/big \\
         --set preset=gpu-large
-    torchrun --nproc_per_node 2 -m toy_entropy.train --out runs/two --set total_steps=20 --resume
+    torchrun --nproc_per_node 2 -m toy_entropy.train --resume runs/two --set total_steps=20
 
 With N ranks (gloo on CPU, nccl on CUDA, one GPU per rank) the run trains as one process on
 the whole batch would (``toy_entropy.parallel``). Rank 0 writes metrics.jsonl, TensorBoard and
-the checkpoints into ``--out``; ``summary.json`` holds the last step's metrics. ``--resume``
-continues from the newest checkpoint in ``--out/checkpoints`` (every rank reads it, so ``--out``
-must be on a file system all ranks see) with the same options and the same number of ranks.
+the checkpoints into ``--out``; ``summary.json`` holds the last step's metrics. The run-directory
+options and rules are those of ``toy-entropy run`` (``toy_entropy.rundir``): an existing
+``--out`` needs ``--resume`` or ``--overwrite``. ``--resume`` continues from the newest checkpoint
+in ``--out/checkpoints`` (every rank reads it, so ``--out`` must be on a file system all ranks
+see) with the same options and the same number of ranks. ``--dist-timeout`` bounds how long a
+collective waits for a frozen or dead rank. SIGINT / SIGTERM finish the step in flight,
+checkpoint it and exit 130 / 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed
 
+from toy_entropy import interrupts
 from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.config import ConfigError, apply_overrides, config_to_dict
 from toy_entropy.parallel import init_from_env
-from toy_entropy.runlog import RunWriter, environment_info
-from toy_entropy.trainer import TrainConfig, Trainer
+from toy_entropy.rundir import (
+    OutDir,
+    RunDirError,
+    check_new_out_dir,
+    check_out_option,
+    check_resume_dir,
+    prepare_out_dir,
+)
+from toy_entropy.runlog import RunWriter, environment_info, write_run_summary
+from toy_entropy.trainer import NonFiniteError, TrainConfig, Trainer, check_resumable
+from toy_entropy.warmstart import check_cache_dir
 
 __all__ = ["main"]
 
+PROG = "python -m toy_entropy.train"
+
+
+def _path(option: str):
+    def parse(text: str) -> Path:
+        try:
+            return check_out_option(text, option)
+        except RunDirError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m toy_entropy.train", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--out", type=Path, required=True, help="run directory (rank 0 writes)")
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=_path("--out"), help="run directory (rank 0 writes)")
     parser.add_argument("--seed", type=int, default=0, help="run seed (the same on every rank)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
@@ -47,81 +73,166 @@ def _parser() -> argparse.ArgumentParser:
         help="TrainConfig field, e.g. --set preset=gpu-small (repeatable)",
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+        "--resume",
+        nargs="?",
+        const=True,
+        type=_path("--resume"),
+        metavar="DIR",
+        help="continue the run in DIR (default: --out) from its newest checkpoint",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="a collective that waits longer for a rank (frozen or dead) ends the job",
     )
     parser.add_argument("--quiet", action="store_true", help="no per-step line on stdout")
     return parser
 
 
-def _train(args: argparse.Namespace) -> None:
-    parallel, device = init_from_env(args.device)
+def _out_dir(args: argparse.Namespace) -> Path:
+    """The run directory the options name (``--out`` or ``--resume DIR``)."""
+    named = args.resume if isinstance(args.resume, Path) else None
+    if named is not None and args.out is not None and named.resolve() != args.out.resolve():
+        raise RunDirError("--resume and --out name different directories; give only one")
+    out = named or args.out
+    if out is None:
+        raise RunDirError("--out is required (the run directory)")
+    if args.resume and args.overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other; give one of them")
+    if not args.dist_timeout > 0:
+        raise RunDirError(f"--dist-timeout={args.dist_timeout} is invalid: expected seconds > 0")
+    return out
+
+
+def _resume_state(out: Path, config: TrainConfig, parallel) -> dict:
+    """The newest checkpoint in ``out``, checked against this run before anything is written."""
+    check_resume_dir(out)
+    checkpoints = out / "checkpoints"
+    path = latest_checkpoint(checkpoints)
+    if path is None:
+        raise ValueError(f"--resume: no checkpoint in {checkpoints}; rerun with --overwrite")
+    state = load_checkpoint(path)
+    parallel.check_checkpoint(state)
+    check_resumable(state, config)
+    return state
+
+
+def _print_step(trainer: Trainer, metrics: dict) -> None:
+    print(
+        f"step {trainer.step:>4}  reward {metrics['reward']:.3f}  "
+        f"entropy {metrics['entropy']:.4f}  loss {metrics['loss/total']:+.4f}  "
+        f"rollout {metrics['perf/rollout_tokens_per_s']:,.0f} tok/s  "
+        f"update {metrics['perf/update_tokens_per_s']:,.0f} tok/s",
+        flush=True,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    out_path = _out_dir(args)
     config = apply_overrides(TrainConfig(), args.overrides)
-    checkpoints = args.out / "checkpoints"
-    state = None
-    if args.resume:
-        path = latest_checkpoint(checkpoints)
-        if path is None:
-            raise ValueError(f"--resume: no checkpoint in {checkpoints}")
-        state = load_checkpoint(path)
-        parallel.check_checkpoint(state)  # before rank 0 touches the run's logs
+    check_cache_dir()
+    parallel, device = init_from_env(args.device, timedelta(seconds=args.dist_timeout))
+    # Every rank checks before rank 0 writes anything, so a refusal leaves the disk as it was.
+    state = _resume_state(out_path, config, parallel) if args.resume else None
+    if state is None:
+        check_new_out_dir(out_path, overwrite=args.overwrite)
+    parallel.barrier()
+    out = OutDir(out_path, None)
     writer = None
     if parallel.is_main:
-        writer = RunWriter(args.out, resume_from_step=None if state is None else state["step"])
-    if writer is not None and state is None:
-        writer.write_config(
-            {
-                "seed": args.seed,
-                "world_size": parallel.world_size,
-                "config": config_to_dict(config),
-                **environment_info(str(device)),
-            }
-        )
+        if state is None:
+            out = prepare_out_dir(out_path, overwrite=args.overwrite)
+        writer = RunWriter(out.path, resume_from_step=None if state is None else state["step"])
+        if state is None:
+            writer.write_config(
+                {
+                    "experiment": "train",
+                    "seed": args.seed,
+                    "world_size": parallel.world_size,
+                    "config": config_to_dict(config),
+                    **environment_info(str(device)),
+                }
+            )
+
+    def log(step: int, metrics: dict) -> None:
+        writer.log(step, metrics)
+        if step and not args.quiet:  # step 0 is the initial evaluation
+            _print_step(trainer, metrics)
+
+    trainer = None
     try:
         torch.manual_seed(args.seed)
         trainer = Trainer(
             config,
             args.seed,
             device,
-            log_fn=None if writer is None else writer.log,
+            log_fn=None if writer is None else log,
             writer=writer,
-            checkpoint_dir=checkpoints,
+            checkpoint_dir=out.path / "checkpoints",
             parallel=parallel,
         )
-        if state is not None:
-            trainer.load_state(state)
-        else:  # on every rank, so that their eval generators stay alike
-            trainer.initial_eval = trainer.evaluate()
-            if writer is not None:
-                writer.log(0, trainer.initial_eval)
-        for _ in range(trainer.step, config.total_steps):
-            metrics = trainer.train_step()
-            if writer is not None and not args.quiet:
-                print(
-                    f"step {trainer.step:>4}  reward {metrics['reward']:.3f}  "
-                    f"entropy {metrics['entropy']:.4f}  loss {metrics['loss/total']:+.4f}  "
-                    f"rollout {metrics['perf/rollout_tokens_per_s']:,.0f} tok/s  "
-                    f"update {metrics['perf/update_tokens_per_s']:,.0f} tok/s",
-                    flush=True,
-                )
-        trainer.save_checkpoint()
+        trainer.fit(state)
+    except ConfigError:
         if writer is not None:
-            writer.write_summary({"world_size": parallel.world_size, **trainer.history[-1].metrics})
+            writer.close()
+        out.discard()  # a refused start leaves nothing behind
+        raise
+    except NonFiniteError as error:
+        if writer is not None:
+            writer.close()
+            write_run_summary(out.path, "train", args.seed, status="stopped", reason=str(error))
+        print(f"{PROG}: stopped: {error}", file=sys.stderr)
+        return 1
+    except interrupts.Interrupted as stop:
+        if writer is not None:
+            print(
+                f"{PROG}: {stop}; the last completed step is checkpointed. Resume with the "
+                f"same command and --resume {out.path}",
+                file=sys.stderr,
+            )
+        return interrupts.exit_code(stop.signum)
     finally:
         if writer is not None:
             writer.close()
+    if writer is not None:
+        headline = {"world_size": parallel.world_size, **trainer.history[-1].metrics}
+        write_run_summary(out.path, "train", args.seed, headline)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    interrupts.install()
     try:
-        _train(args)
-    except (ConfigError, ValueError) as error:
-        print(f"toy_entropy.train: error: {error}", file=sys.stderr)
+        return _train(args)
+    except (ConfigError, RunDirError, ValueError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # a collective that timed out: a rank froze or died
+        if not torch.distributed.is_initialized() or "timed out" not in str(error).lower():
+            raise
+        print(
+            f"{PROG}: error: rank {torch.distributed.get_rank()}: a collective timed out after "
+            f"{args.dist_timeout:g} s (another rank is frozen or dead); stopping",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        where = error.filename or args.out or args.resume
+        print(f"{PROG}: error: no space left on device while writing {where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: aborted by a second interrupt", file=sys.stderr)
+        return interrupts.exit_code(2)
     finally:
+        interrupts.restore_defaults()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

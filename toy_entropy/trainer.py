@@ -19,6 +19,7 @@ Every metric is kept on the device during a step and moved to the host once per 
 from __future__ import annotations
 
 import copy
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from envs.sequence import make_task
+from toy_entropy import interrupts
 from toy_entropy.advantages import compute_advantages, filter_uniform_groups
 from toy_entropy.checkpoint import save_checkpoint
 from toy_entropy.config import (
@@ -57,7 +59,7 @@ from toy_entropy.scale_presets import SCALE_PRESETS, apply_scale_preset, parse_t
 from toy_entropy.token_stats import token_log_probs_and_entropy
 from toy_entropy.warmstart import WarmStartConfig, warm_start
 
-__all__ = ["TrainConfig", "Trainer", "StepRecord", "NonFiniteError"]
+__all__ = ["TrainConfig", "Trainer", "StepRecord", "NonFiniteError", "check_resumable"]
 
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce")
 GLOBAL_METRIC_KEYS = (
@@ -158,8 +160,11 @@ class TrainConfig:
     keep_checkpoints: int = 3
     """newest checkpoints kept on disk"""
     nonfinite_policy: str = "skip"
-    """a NaN/inf in rewards, advantages, loss or gradients: skip (drop the step's update, count
-    it, warn) or stop (restore the last good state, checkpoint it and stop)"""
+    """a NaN/inf in the step's metrics (model outputs, rewards, advantages, loss, gradients):
+    skip (roll back to the last good state, count it, warn) or stop (roll back, checkpoint
+    and stop)"""
+    nonfinite_max_consecutive: int = 3
+    """under skip: stop after this many roll-backs without a good new state in between"""
     rollout_seed_offset: int = 0
     """added to the run seed for the rollout randomness (the warm start uses the run seed)"""
     preset: str = "cpu"
@@ -210,6 +215,7 @@ class TrainConfig:
         check_range("checkpoint_every", self.checkpoint_every, 0)
         check_range("keep_checkpoints", self.keep_checkpoints, 1)
         check_choice("nonfinite_policy", self.nonfinite_policy, NONFINITE_POLICIES)
+        check_positive_int("nonfinite_max_consecutive", self.nonfinite_max_consecutive)
         batch = self.num_prompts * self.num_generations
         if batch % self.num_mini_batches:
             raise ConfigError(
@@ -253,6 +259,53 @@ class StepRecord:
 
     step: int
     metrics: dict[str, float]
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device``: the GPU's, or the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(
+    config: TrainConfig, model_config: GPTConfig, world_size: int, device: torch.device
+) -> None:
+    """Refuse, before anything is allocated, batch sizes that cannot fit on ``device``.
+
+    The estimate is a lower bound: the per-token tensors a rollout and an evaluation must hold
+    at once (tokens, masks, log-probs, entropies: about 48 bytes a token) plus the KV cache of
+    one generate call (2 * n_layer * n_embd fp32 values a token). A config refused here could
+    not run; one accepted may still run out of memory in activations.
+    """
+    tokens = model_config.block_size
+    rollout_rows = config.num_prompts * config.num_generations // world_size
+    eval_rows = config.eval_prompts * config.eval_samples
+    generate_rows = config.rollout_micro_batch_size or max(rollout_rows, eval_rows)
+    kv_per_token = 2 * model_config.n_layer * model_config.n_embd * 4
+    need = (rollout_rows + eval_rows) * tokens * 48 + generate_rows * tokens * kv_per_token
+    have = device_memory_bytes(device)
+    if need > have:
+        field, value = (
+            ("num_prompts", config.num_prompts)
+            if rollout_rows >= eval_rows
+            else ("eval_prompts", config.eval_prompts)
+        )
+        raise ConfigError(
+            field,
+            value,
+            f"the rollout and evaluation batches need at least {need / 2**30:.1f} GiB, more than "
+            f"the {have / 2**30:.1f} GiB of {device}",
+        )
+
+
+def check_resumable(state: dict, config: TrainConfig) -> None:
+    """Raise ValueError unless checkpoint ``state`` was written by a run of ``config``.
+
+    Cheap, so that entry points can call it before they touch a run's logs.
+    """
+    if not isinstance(state, dict) or state.get("config") != asdict(config):
+        raise ValueError("checkpoint was written with a different config; cannot resume")
 
 
 def _pass_at_k(correct: torch.Tensor, k: int) -> torch.Tensor:
@@ -303,6 +356,7 @@ class Trainer:
             vocab_size=vocab.size,
             block_size=self.prompt_length + self.response_length,
         )
+        check_memory(config, model_config, self.parallel.world_size, self.device)
         warm = WarmStartConfig(
             steps=config.warmstart_steps,
             learning_rate=config.warmstart_lr,
@@ -343,6 +397,9 @@ class Trainer:
         self.step = 0
         self.initial_eval: dict[str, float] = {}
         self.skipped_updates = 0
+        self._good_state: dict | None = None  # the newest state whose outputs were finite
+        self._bad_streak = 0  # roll-backs since the last good state made by an update
+        self._restored = False  # the model is a rolled-back state, not a fresh update
         self.history: list[StepRecord] = []
         self.identity_points: list[tuple[float, float]] = []
 
@@ -629,7 +686,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One rollout and its updates; returns the step's metrics as host floats."""
         cfg = self.config
-        last_good = self._snapshot()
+        start_state = self._snapshot()
         started = time.perf_counter()
         batch = self.rollout()
         rollout_seconds = time.perf_counter() - started
@@ -683,16 +740,21 @@ class Trainer:
                 self.loss_config.log_ratio_clamp,
             )
             metrics["kl/reference_k3"] = masked_token_mean(k3, mask)
-        finite = torch.stack(
-            [
-                torch.isfinite(batch["rewards"]).all(),
-                torch.isfinite(batch["advantages"]).all(),
-                torch.isfinite(metrics["loss/total"]).all(),
-                torch.isfinite(metrics["optim/grad_norm"]).all(),
-            ]
+        # The guard's flags: whether the state the step started from gave finite outputs, and
+        # whether anything of the step (outputs, rewards, advantages, loss, gradients) is not.
+        checked = [v for k, v in metrics.items() if k not in NAN_AWARE_METRICS]
+        outputs_finite = torch.isfinite(metrics["entropy"]) & torch.isfinite(
+            metrics["entropy/sampled_neg_log_prob"]
         )
-        metrics["guard/nonfinite"] = (~finite.all()).double()
-        # The step's single host transfer: metrics, the guard flag and the identity points.
+        all_finite = (
+            torch.isfinite(torch.stack([torch.as_tensor(v).to(self.device) for v in checked]))
+            .all()
+            .logical_and(torch.isfinite(batch["advantages"]).all())
+            .logical_and(torch.isfinite(identity).all())
+        )
+        metrics["guard/state_nonfinite"] = (~outputs_finite).double()
+        metrics["guard/nonfinite"] = (~all_finite).double()
+        # The step's single host transfer: metrics, the guard flags and the identity points.
         values = torch.cat(
             [
                 torch.stack(
@@ -707,30 +769,16 @@ class Trainer:
         host["perf/rollout_tokens_per_s"] = tokens / max(rollout_seconds, 1e-9)
         host["perf/update_tokens_per_s"] = tokens * cfg.num_iterations / max(update_seconds, 1e-9)
         self.step += 1
-        if host["guard/nonfinite"]:
-            self._restore(last_good)
-            self.skipped_updates += 1
-            if cfg.nonfinite_policy == "stop":
-                self.step -= 1
-                path = self.save_checkpoint()
-                where = f"; last good state saved to {path}" if path else ""
-                raise NonFiniteError(
-                    f"non-finite reward, advantage, loss or gradient at step {self.step + 1}; "
-                    f"stopped (nonfinite_policy='stop'){where}"
-                )
-            warnings.warn(
-                f"step {self.step}: non-finite reward, advantage, loss or gradient; "
-                "the update was dropped (nonfinite_policy='skip')",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        else:
+        flagged = bool(host["guard/nonfinite"])
+        self._guard(start_state, not host["guard/state_nonfinite"], flagged)
+        if not flagged:
             half = len(points) // 2
             self.identity_points.extend(zip(points[:half], points[half:]))
         host["guard/skipped_updates"] = float(self.skipped_updates)
         if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
             host.update(self.evaluate())
-        if self.writer is not None and cfg.histogram_every and self.step % cfg.histogram_every == 0:
+        histogram_step = cfg.histogram_every and self.step % cfg.histogram_every == 0
+        if self.writer is not None and histogram_step and not flagged:
             self._histograms(batch)
         if self.log_fn is not None:
             self.log_fn(self.step, host)
@@ -738,6 +786,79 @@ class Trainer:
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
             self.save_checkpoint()
         return host
+
+    def fit(self, state: dict | None = None, progress: Callable | None = None) -> None:
+        """The run loop: resume from ``state`` (a checkpoint) or evaluate and log step 0, train
+        to ``total_steps``, checkpoint the last step.
+
+        Between steps it honours a stop request (``toy_entropy.interrupts``): the step in
+        flight completes, its checkpoint is written, then :class:`Interrupted` propagates.
+        ``progress(iterable, total)`` wraps the step loop (a progress bar) when given.
+        """
+        if state is not None:
+            self.load_state(state)
+        else:  # on every rank, so that their eval generators stay alike
+            self.initial_eval = self.evaluate()
+            if self.log_fn is not None:
+                self.log_fn(0, self.initial_eval)
+        steps = range(self.step, self.config.total_steps)
+        if progress is not None:
+            steps = progress(steps, len(steps))
+        try:
+            for _ in steps:
+                metrics = self.train_step()
+                if hasattr(steps, "set_postfix"):
+                    steps.set_postfix(
+                        reward=f"{metrics['reward']:.3f}", H=f"{metrics['entropy']:.3f}"
+                    )
+                interrupts.check()
+        except interrupts.Interrupted:
+            self.save_checkpoint()  # the last completed step, which a resume continues from
+            raise
+        self.save_checkpoint()
+
+    def _guard(self, start_state: dict, start_state_ok: bool, flagged: bool) -> None:
+        """The non-finite guard, after the step's metrics reached the host.
+
+        ``start_state`` (the model and optimiser the step started from) becomes the last good
+        state when its outputs were finite. A flagged step rolls back to the last good state;
+        the run stops (:class:`NonFiniteError`, after checkpointing that state) under
+        ``nonfinite_policy="stop"`` or after ``nonfinite_max_consecutive`` roll-backs with no
+        good state made by an update in between (a learning rate that destroys every update).
+        """
+        cfg = self.config
+        if start_state_ok:
+            self._good_state = start_state
+            if not self._restored:
+                self._bad_streak = 0
+        if not flagged:
+            self._restored = False
+            return
+        self._restore(self._good_state or start_state)
+        self._restored = True
+        self._bad_streak += 1
+        self.skipped_updates += 1
+        streak_ended = self._bad_streak >= cfg.nonfinite_max_consecutive
+        if cfg.nonfinite_policy == "stop" or streak_ended:
+            self.step -= 1
+            path = self.save_checkpoint()
+            where = f"; last good state saved to {path}" if path else ""
+            why = (
+                "nonfinite_policy='stop'"
+                if cfg.nonfinite_policy == "stop"
+                else f"{self._bad_streak} roll-backs in a row, nonfinite_max_consecutive="
+                f"{cfg.nonfinite_max_consecutive}"
+            )
+            raise NonFiniteError(
+                f"non-finite metrics, loss or gradients at step {self.step + 1}; stopped "
+                f"({why}){where}"
+            )
+        warnings.warn(
+            f"step {self.step}: non-finite metrics, loss or gradients; rolled back to the last "
+            "good state (nonfinite_policy='skip')",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _snapshot(self) -> dict:
         """Device copies of the model and optimiser state (no host sync), to drop an update."""
@@ -779,8 +900,7 @@ class Trainer:
         """Continue from a checkpoint written by :meth:`save_checkpoint` with the same config
         and world size (every rank loads the same checkpoint)."""
         self.parallel.check_checkpoint(state)
-        if state.get("config") != asdict(self.config):
-            raise ValueError("checkpoint was written with a different config; cannot resume")
+        check_resumable(state, self.config)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["numpy_rng"]

@@ -25,7 +25,13 @@ import torch.nn.functional as F
 from toy_entropy.checkpoint import atomic_torch_save
 from toy_entropy.model import GPT, GPTConfig
 
-__all__ = ["WarmStartConfig", "warm_start", "cache_dir", "corrupt_demonstrations"]
+__all__ = [
+    "WarmStartConfig",
+    "warm_start",
+    "cache_dir",
+    "check_cache_dir",
+    "corrupt_demonstrations",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,19 @@ def cache_dir() -> Path:
     if root:
         return Path(root)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "toy-entropy"
+
+
+def check_cache_dir() -> None:
+    """Raise ValueError naming the problem if the warm-start cache cannot be used."""
+    root = cache_dir()
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(
+            f"the warm-start cache {root} (TOY_ENTROPY_CACHE) is under the file {existing}, "
+            "which is not a directory"
+        )
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"the warm-start cache {root} (TOY_ENTROPY_CACHE) is not writable")
 
 
 def corrupt_demonstrations(

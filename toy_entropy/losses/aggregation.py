@@ -22,7 +22,17 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["AGG_MODES", "AggregationNorm", "aggregate"]
+__all__ = ["AGG_MODES", "AggregationNorm", "aggregate", "zero_invalid"]
+
+
+def zero_invalid(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``values`` (B, T) with 0 at the positions where ``valid`` (B, T, bool) is False.
+
+    A select, not a multiply: garbage at padded positions (NaN, inf) cannot reach the sums,
+    and the gradient there is exactly 0. No host sync.
+    """
+    return torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
@@ -73,7 +83,7 @@ def aggregate(
         loss_mat: ``(B, T)`` per-token values (losses, entropies, KL estimates).
         valid: ``(B, T)`` response mask, bool or 0/1 (float masks are used as they are, which
             saves a conversion); values at invalid positions are multiplied by 0, so they must
-            be finite.
+            be finite (the loss entry points pass them through :func:`zero_invalid`).
         mode: one of :data:`AGG_MODES`.
         norm: normalisers of the whole batch the rows belong to.
         weights: optional ``(B, T)`` 0/1 weights that replace ``valid`` in the sums (e.g. the

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from toy_entropy.losses.aggregation import aggregate
+from toy_entropy.losses.aggregation import aggregate, zero_invalid
 from toy_entropy.losses.checks import check_token_tensors
 from toy_entropy.losses.config import PolicyLossConfig
 from toy_entropy.losses.diagnostics import clip_metrics, rollout_kl_metrics
@@ -162,7 +162,7 @@ def compute_policy_loss(
         old_log_probs: ``(B, T)`` rollout log-probs.
         advantages: ``(B, T)`` per-token advantages.
         response_mask: ``(B, T)`` nonzero at valid response tokens. Values at padded
-            positions are multiplied by 0, so they must be finite (e.g. 0).
+            positions are ignored (selected away, so NaN there does no harm).
         selection: ``select_tokens(...)[rows]`` for these rows.
         entropy: ``(B, T)`` full-distribution entropy per position, in nats (e.g.
             :func:`toy_entropy.entropy.entropy_from_logits`), with grad; needed when
@@ -199,9 +199,15 @@ def compute_policy_loss(
             )
 
     valid = response_mask.bool()  # (B, T)
+    # Values at padded positions are ignored, whatever they hold (NaN included).
+    log_probs, old_log_probs, advantages = (
+        zero_invalid(x, valid) for x in (log_probs, old_log_probs.detach(), advantages.detach())
+    )
+    entropy = None if entropy is None else zero_invalid(entropy, valid)
+    ref_log_probs = None if ref_log_probs is None else zero_invalid(ref_log_probs, valid)
     mode, norm = config.loss_agg_mode, selection.norm
     policy, metrics = get_policy_loss(config.loss_mode)(
-        log_probs, old_log_probs.detach(), advantages.detach(), valid, config, selection
+        log_probs, old_log_probs, advantages, valid, config, selection
     )
     metrics["loss/policy"] = policy.detach()
     loss = policy

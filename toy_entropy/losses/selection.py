@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from toy_entropy.losses.aggregation import AggregationNorm
+from toy_entropy.losses.aggregation import AggregationNorm, zero_invalid
 from toy_entropy.losses.checks import check_token_tensors
 from toy_entropy.losses.config import PolicyLossConfig
 from toy_entropy.losses.diagnostics import (
@@ -286,7 +286,10 @@ def select_tokens(
         )
     comm = as_collectives(dist)
     valid = response_mask.bool()  # (B, T)
-    lp = log_probs.detach()
+    # Values at padded positions are ignored, whatever they hold (NaN included).
+    lp, old_log_probs, advantages = (
+        zero_invalid(x.detach(), valid) for x in (log_probs, old_log_probs, advantages)
+    )
     selector = SELECTORS.get(config.loss_mode)
     needs_cov = selector is not None or cov_stats
 
