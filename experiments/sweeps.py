@@ -175,6 +175,10 @@ class InstrumentedTrainer(Trainer):
         return super()._optimise(batch, rows, on_policy)
 
     def _log(self, step: int, metrics: dict) -> None:
+        if step == 0:  # the initial evaluation, kept as ``initial_eval``, not as a step row
+            if self._outer_log is not None:
+                self._outer_log(step, metrics)
+            return
         for probe in self.probes:
             self._pending.update(probe.finish(self._totals))
         row = {**metrics, **{k: float(v) for k, v in self._pending.items()}}
@@ -347,7 +351,7 @@ def run_sweep(specs: Sequence[RunSpec], context: RunContext, workers: int = 0) -
 
 def _worker_pids(pool: ProcessPoolExecutor) -> list[int]:
     # ProcessPoolExecutor has no public list of its processes before Python 3.14.
-    return [process.pid for process in getattr(pool, "_processes", {}).values()]
+    return [process.pid for process in (getattr(pool, "_processes", None) or {}).values()]
 
 
 def _signal_workers(pool: ProcessPoolExecutor, signum: int) -> None:

@@ -20,6 +20,7 @@ TensorBoard from the runs they hold in memory.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -33,6 +34,7 @@ import numpy as np
 from toy_entropy.curve_stats import seed_band
 from toy_entropy.lawfit import fit_entropy_reward_law
 from toy_entropy.plots import band_plot, plt
+from toy_entropy.runlog import atomic_write_text
 
 __all__ = [
     "SubRun",
@@ -120,6 +122,19 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object; ValueError naming the file otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is unreadable: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error.msg}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a {type(value).__name__}, not a toy-entropy record")
+    return value
+
+
 def load_run_directory(path: str | Path) -> RunDirectory:
     """Read ``summary.json``, ``config.json`` and every ``metrics.jsonl`` below ``path``.
 
@@ -132,12 +147,9 @@ def load_run_directory(path: str | Path) -> RunDirectory:
     summary_path = path / "summary.json"
     if not summary_path.is_file():
         raise ValueError(f"{path} has no summary.json (not a finished toy-entropy run directory)")
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{summary_path} is not valid JSON: {error.msg}") from None
+    summary = _read_json_object(summary_path)
     config_path = path / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = _read_json_object(config_path) if config_path.is_file() else {}
     sub_runs = []
     for metrics in sorted(path.rglob("metrics.jsonl")):
         name = metrics.parent.relative_to(path).as_posix()
@@ -370,15 +382,24 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     out = Path(out) if out is not None else runs[0].path / "report.md"
     if out.suffix != ".md":
         raise ValueError(f"--out={out} is invalid: expected a .md file")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ValueError(f"--out={out} is a directory; give a .md file name")
     figures = out.parent / f"{out.stem}_figures"
-    figures.mkdir(exist_ok=True)
-    for stale in figures.glob("[0-9][0-9]_*.png"):  # figures of an earlier report of this name
-        stale.unlink()
-    lines = ["# toy-entropy report", ""]
-    for index, run in enumerate(runs):
-        lines += _run_section(run, index, figures, out.parent)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        figures.mkdir(exist_ok=True)
+        for stale in figures.glob("[0-9][0-9]_*.png"):  # figures of an earlier report
+            stale.unlink()
+        lines = ["# toy-entropy report", ""]
+        for index, run in enumerate(runs):
+            lines += _run_section(run, index, figures, out.parent)
+        atomic_write_text(out, "\n".join(lines) + "\n")
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise
+        raise ValueError(
+            f"--out={out}: cannot write the report: {error.strerror or error}"
+        ) from None
     return out
 
 
