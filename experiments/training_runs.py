@@ -84,7 +84,8 @@ def identity_summary(trainer: Trainer) -> dict[str, float]:
         nan = float("nan")
         return {"correlation": nan, "sign_agreement": nan, "slope": nan, "num_updates": 0}
     predicted, actual = (np.array(v) for v in zip(*trainer.identity_points))
-    correlation = float(np.corrcoef(predicted, actual)[0, 1]) if len(actual) > 2 else float("nan")
+    varies = len(actual) > 2 and np.std(predicted) > 0 and np.std(actual) > 0
+    correlation = float(np.corrcoef(predicted, actual)[0, 1]) if varies else float("nan")
     slope = float(np.dot(predicted, actual) / max(np.dot(predicted, predicted), 1e-30))
     return {
         "correlation": correlation,
