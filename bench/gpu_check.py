@@ -315,12 +315,12 @@ def part_memory(ctx: Context) -> dict:
 
 def _train_overrides(ctx: Context, steps: int, extra: list[str]) -> list[str]:
     sets = ["preset=gpu-small", *(TINY_TRAIN if ctx.tiny else [])]
-    sets += [f"total_steps={steps}", f"warmstart_steps={60 if ctx.tiny else 50}", *extra]
+    sets += [f"total_steps={steps}", f"warmstart_steps={40 if ctx.tiny else 50}", *extra]
     return [arg for item in sets for arg in ("--set", item)]
 
 
 def _train(ctx: Context, name: str, extra: list[str], sync_from: int, compile_: bool) -> dict:
-    steps = 3 if ctx.tiny else 5
+    steps = 2 if ctx.tiny else 5
     run_dir = ctx.workdir / name
     report = ctx.workdir / f"{name}.report.json"
     command = [sys.executable, __file__, "--child", "train", "--device", ctx.args.device]
