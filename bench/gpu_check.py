@@ -3,9 +3,9 @@
     python bench/gpu_check.py                                # on a GPU machine, < 8 minutes
     python bench/gpu_check.py --out $OUT/RESULTS_gpu.md      # + $OUT/RESULTS_gpu.json
     python bench/gpu_check.py --parts train-compile,nccl     # rerun some parts only
-    python bench/gpu_check.py --device cpu --tiny --out /tmp/gpu_check.md   # CPU smoke (tests)
+    python bench/gpu_check.py --device cpu --tiny --jobs 2 --out /tmp/gc.md   # CPU smoke (tests)
 
-Every part runs in its own subprocess with a wall-time budget (seconds) and ends ``ok``,
+Every part runs its work in subprocesses within a wall-time budget (seconds) and ends ``ok``,
 ``failed`` (with the last error line of the subprocess) or ``skipped`` (with the reason); a
 failure never stops the parts after it. The Markdown file (``--out``) and the JSON next to it
 (same name, ``.json``) are rewritten after every part, so a killed run keeps what it measured.
@@ -166,7 +166,13 @@ class Completed:
 def last_error_line(text: str) -> str:
     """The most telling line of a failed run's output: the last ``SomethingError: ...`` line of
     a traceback when there is one, else the last non-empty line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # torchrun's own ChildFailedError summary says nothing about the cause: skip it. A rank's
+    # stderr may run into the launcher's on one line: cut a glued "Traceback (...)".
+    lines = [
+        line.strip().split("Traceback (most recent call last)")[0]
+        for line in text.splitlines()
+        if line.strip() and "ChildFailedError" not in line
+    ]
     pattern = re.compile(r"^([\w.]+(Error|Exception|Interrupt)|error)\b.*")
     for line in reversed(lines):
         if pattern.match(line) or "error:" in line:

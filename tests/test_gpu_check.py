@@ -141,3 +141,20 @@ def test_bad_part_name_and_missing_cuda(tmp_path):
         gpu_check.main(["--device", "cpu", "--parts", "losses,lossez", "--out", str(tmp_path)])
     if not torch.cuda.is_available():
         assert gpu_check.main(["--out", str(tmp_path / "r.md")]) == 2
+
+
+def test_last_error_line_finds_the_cause():
+    torchrun = (
+        '  File "x.py", line 3, in <module>\n'
+        "RuntimeError: called a synchronizing CUDA operationTraceback (most recent call last):\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+        "  error_file: <N/A>\n"
+    )
+    assert gpu_check.last_error_line(torchrun) == (
+        "RuntimeError: called a synchronizing CUDA operation"
+    )
+    cli = "step 1\ntoy_entropy.train: error: preset='gpu-huge' is invalid\n"
+    assert (
+        gpu_check.last_error_line(cli) == "toy_entropy.train: error: preset='gpu-huge' is invalid"
+    )
+    assert gpu_check.last_error_line("") == "(no output)"
