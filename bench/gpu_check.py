@@ -683,6 +683,10 @@ def environment(args: argparse.Namespace) -> dict:
 
 
 def _fmt(value, digits: int = 3) -> str:
+    """A number to ``digits`` significant digits (thousands as integers); a dict as
+    ``key value, ...``; anything else as text."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v, digits)}" for k, v in value.items())
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}g}"
     return str(value)
@@ -742,7 +746,7 @@ def _details(name: str, m: dict) -> list[str]:
                 f"max |grad diff| {r['max_abs_grad_diff']:.2g}, equal {r['equal']}"
             )
     else:
-        lines += [f"- {k}: {_fmt(v) if not isinstance(v, dict) else v}" for k, v in m.items()]
+        lines += [f"- {k}: {_fmt(v)}" for k, v in m.items()]
     return lines
 
 
@@ -760,6 +764,8 @@ def write_results(out: Path, info: dict, results: list[dict]) -> None:
         f"python {info['python']}",
         f"- tiny sizes: {info['tiny']}; total wall time {info.get('total_wall_s', 0):.1f} s "
         f"(budget {info['budget_s']:.0f} s)",
+        f"- parts run at a time: {info.get('jobs', 1)}"
+        + (" (their timings overlap)" if info.get("jobs", 1) > 1 else ""),
         f"- JSON with every number: `{json_path.name}`",
         "",
         "| part | outcome | wall s | budget s | what | detail |",
