@@ -106,7 +106,8 @@ class PartFailed(Exception):
 
 @dataclass
 class Part:
-    """One measured part: its name, wall-time budget (s) and the function that runs it."""
+    """One measured part: its name, wall-time budgets (s; full sizes, --tiny) and the function
+    that runs it. The --tiny budgets leave room for a loaded 2-core CPU."""
 
     name: str
     budget_s: float
@@ -495,18 +496,20 @@ def part_cure(ctx: Context) -> dict:
 
 PARTS = [
     Part(
-        "losses", 60, 40, part_losses, "bench_losses: ms per step of each loss mode, ratios to PPO"
+        "losses", 60, 60, part_losses, "bench_losses: ms per step of each loss mode, ratios to PPO"
     ),
-    Part("memory", 45, 30, part_memory, "bench_memory: loss-path peak vs one fp32 logits tensor"),
-    Part("train-bf16", 75, 40, part_train_bf16, "toy_entropy.train gpu-small, KL-Cov, bf16"),
-    Part("train-fp32", 75, 40, part_train_fp32, "toy_entropy.train gpu-small, KL-Cov, bf16=false"),
-    Part("scale-gpu-small", 90, 45, part_scale_small, "bench_scale gpu-small: chunked vs full"),
-    Part("nccl", 45, 30, part_nccl, "torchrun 1 rank: all_gather, loss with dist= vs None"),
-    Part("torchrun-1", 60, 40, part_torchrun_1, "torchrun 1 rank -m toy_entropy.train, Clip-Cov"),
+    Part("memory", 45, 60, part_memory, "bench_memory: loss-path peak vs one fp32 logits tensor"),
+    Part("train-bf16", 75, 60, part_train_bf16, "toy_entropy.train gpu-small, KL-Cov, bf16"),
+    Part("train-fp32", 75, 60, part_train_fp32, "toy_entropy.train gpu-small, KL-Cov, bf16=false"),
+    Part("scale-gpu-small", 90, 90, part_scale_small, "bench_scale gpu-small: chunked vs full"),
+    Part("nccl", 45, 60, part_nccl, "torchrun 1 rank: all_gather, loss with dist= vs None"),
+    Part("torchrun-1", 60, 60, part_torchrun_1, "torchrun 1 rank -m toy_entropy.train, Clip-Cov"),
     Part("torchrun-2", 90, 10, part_torchrun_2, "torchrun 2 ranks -m toy_entropy.train, nccl"),
-    Part("train-compile", 150, 60, part_train_compile, "toy_entropy.train gpu-small, compile=true"),
-    Part("scale-gpu-large", 150, 45, part_scale_large, "bench_scale gpu-large, shortened"),
-    Part("cure", 90, 20, part_cure, "toy-entropy run cure --quick, when listed"),
+    Part(
+        "train-compile", 150, 120, part_train_compile, "toy_entropy.train gpu-small, compile=true"
+    ),
+    Part("scale-gpu-large", 150, 90, part_scale_large, "bench_scale gpu-large, shortened"),
+    Part("cure", 90, 30, part_cure, "toy-entropy run cure --quick, when listed"),
 ]
 
 
