@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from toy_entropy import interrupts
 from toy_entropy.checkpoint import atomic_torch_save
 from toy_entropy.model import GPT, GPTConfig
 
@@ -122,6 +123,7 @@ def _train(task, model: GPT, config: WarmStartConfig, seed: int) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
     model.train()
     for _ in range(config.steps):
+        interrupts.check()  # a stop request during the warm start keeps nothing of it
         prompts = task.sample_prompts(config.batch_size, "train", rng)
         demos, demo_mask = task.warm_start_demonstrations(prompts, rng)
         demos = corrupt_demonstrations(
