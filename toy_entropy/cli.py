@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import toy_entropy
 from toy_entropy import interrupts
 from toy_entropy.claims import format_claims_table
-from toy_entropy.config import ConfigError, apply_overrides, config_to_dict
+from toy_entropy.config import ConfigError, apply_overrides, config_fields_help, config_to_dict
 from toy_entropy.rundir import (
     OutDir,
     RunDirError,
@@ -58,10 +59,19 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="toy-entropy", description="Policy-entropy dynamics of RL for LM-like policies."
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"toy-entropy {toy_entropy.__version__} (torch {torch.__version__})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the experiments, one per line")
-    run = commands.add_parser("run", help="run a named experiment")
-    run.add_argument("name", help="experiment name (see `toy-entropy list`)")
+    run = commands.add_parser("run", help="run a named experiment", add_help=False)
+    run.set_defaults(run_parser=run)
+    run.add_argument("name", nargs="?", help="experiment name (see `toy-entropy list`)")
+    run.add_argument(
+        "-h", "--help", action="store_true", help="show this help and the experiment's --set keys"
+    )
     run.add_argument(
         "--out", type=_out_path, default=None, help="run directory (default: runs/...)"
     )
@@ -85,6 +95,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="continue the killed run in DIR from its latest checkpoint",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch (default 1: the same numbers on any machine; the thread "
+        "count changes the order of floating-point sums)",
+    )
     report = commands.add_parser("report", help="write a markdown report of run directories")
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directory")
     report.add_argument(
@@ -110,6 +127,13 @@ def _check_seed(seed: int | None) -> int:
 
 def _default_out(name: str, seed: int) -> Path:
     return Path("runs") / f"{name}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _check_threads(threads: int | None) -> int:
+    threads = 1 if threads is None else threads
+    if threads < 1:
+        raise UserError(f"--threads={threads} is invalid: expected an integer >= 1")
+    return threads
 
 
 def _seed_everything(seed: int) -> None:
@@ -149,7 +173,7 @@ def _read_resumable_run(spec, args: argparse.Namespace) -> dict:
             raise UserError(
                 f"--resume={directory}: the --set/--quick options differ from the run's config"
             )
-    for option in ("seed", "device"):
+    for option in ("seed", "device", "threads"):
         given = getattr(args, option)
         if given is not None and str(given) != str(stored.get(option)):
             raise UserError(f"--resume={directory}: --{option}={given} differs from the run's")
@@ -188,23 +212,40 @@ def _start(spec, args: argparse.Namespace):
         "experiment": spec.name,
         "preset": "quick" if args.quick else "full",
         "seed": seed,
+        "threads": _check_threads(args.threads),
         "config": config_to_dict(config),
         **environment_info(str(device)),
     }
     return config, seed, device, out, record
 
 
-def _run(args: argparse.Namespace) -> int:
+QUICK_NOTE = (
+    "--quick is a smoke test at toy sizes: its claims check that the code runs end to end and "
+    "are not scored against the paper (run without --quick for that)"
+)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from experiments import RunContext, get_experiment
 
+    if args.name is None:
+        if args.help:
+            return _run_help(parser, None)
+        raise UserError("run: give an experiment name (see `toy-entropy list`)")
     try:
         spec = get_experiment(args.name)
     except ValueError as error:
         raise UserError(str(error)) from None
+    if args.help:
+        return _run_help(parser, spec)
     config, seed, device, out, record = _start(spec, args)
     resume = args.resume is not None
     verb = "resuming" if resume else "running"
     print(f"toy-entropy: {verb} {spec.name!r} in {out.path}", flush=True)
+    quick = record.get("preset") == "quick"
+    if quick:
+        print(f"toy-entropy: {QUICK_NOTE}", flush=True)
+    torch.set_num_threads(int(record.get("threads", torch.get_num_threads())))
     _seed_everything(seed)
     context = RunContext(
         out.path, seed, device, show_progress=not args.quiet, resume=resume, config_record=record
@@ -233,6 +274,8 @@ def _run(args: argparse.Namespace) -> int:
     if result.claims:
         print()
         print(format_claims_table(result.claims))
+        if quick:
+            print(f"({QUICK_NOTE})")
     print()
     print(f"Run directory: {out.path}")
     print(f"  summary:     {out.path / 'summary.json'}")
@@ -257,6 +300,20 @@ def _interrupted(name: str, out: OutDir, stop: interrupts.Interrupted) -> int:
             file=sys.stderr,
         )
     return interrupts.exit_code(stop.signum)
+
+
+def _run_help(parser: argparse.ArgumentParser, spec) -> int:  # the `run` sub-parser
+    """``toy-entropy run [NAME] --help``: the options, then NAME's --set keys."""
+    print(parser.format_help())
+    if spec is None:
+        print("Give an experiment name to see its --set keys (toy-entropy run NAME --help).")
+        return 0
+    print(f"{spec.name}: {spec.description}\n\n--set keys (default, then what it is):")
+    quick = dict(spec.quick)
+    for key, default, text in config_fields_help(spec.config_cls):
+        preset = f"; --quick: {quick[key]!r}" if key in quick else ""
+        print(f"  {key} = {default!r}{preset}\n      {text}")
+    return 0
 
 
 def _fields_from_json(config_cls: type, values: dict) -> dict:
@@ -293,11 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "run":
         interrupts.install()  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130 / 143
+    threads = torch.get_num_threads()  # a run sets its own; callers in-process get theirs back
     try:
         if args.command == "list":
             return _list()
         if args.command == "run":
-            return _run(args)
+            return _run(args, args.run_parser)
         if args.command == "report":
             return _report(args)
     except UserError as error:
@@ -315,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         interrupts.restore_defaults()
+        torch.set_num_threads(threads)
     return 2
 
 

@@ -7,10 +7,13 @@ field, the value and what is allowed.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import json
 import math
+import textwrap
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -20,6 +23,7 @@ __all__ = [
     "ConfigError",
     "apply_overrides",
     "config_to_dict",
+    "config_fields_help",
     "check_choice",
     "check_range",
     "check_positive_int",
@@ -77,6 +81,36 @@ def check_positive_int(field: str, value: Any) -> None:
 def check_fraction(field: str, value: float) -> None:
     """A ratio given as a fraction in [0, 1] (not a percent)."""
     check_range(field, value, 0.0, 1.0)
+
+
+def config_fields_help(config_cls: type) -> list[tuple[str, Any, str]]:
+    """``(name, default, help)`` of every field of dataclass ``config_cls``, in field order.
+
+    The help is the field's docstring (the string literal under it in the class body, the
+    project's convention), looked up in the class and its bases.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(config_cls.__mro__):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for statement, following in zip(body, body[1:]):
+            if (
+                isinstance(statement, ast.AnnAssign)
+                and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[statement.target.id] = " ".join(following.value.value.split())
+    defaults = config_cls()
+    return [
+        (f.name, getattr(defaults, f.name), docs.get(f.name, ""))
+        for f in dataclasses.fields(config_cls)
+        if f.repr
+    ]
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

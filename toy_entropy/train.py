@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a collective that waits longer for a rank (frozen or dead) ends the job",
     )
     parser.add_argument("--quiet", action="store_true", help="no per-step line on stdout")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads of torch per process (default 1: the same numbers on any machine)",
+    )
     return parser
 
 
@@ -102,6 +108,8 @@ def _out_dir(args: argparse.Namespace) -> Path:
         raise RunDirError("--out is required (the run directory)")
     if args.resume and args.overwrite:
         raise RunDirError("--resume and --overwrite contradict each other; give one of them")
+    if args.threads < 1:
+        raise RunDirError(f"--threads={args.threads} is invalid: expected an integer >= 1")
     if not args.dist_timeout > 0:
         raise RunDirError(f"--dist-timeout={args.dist_timeout} is invalid: expected seconds > 0")
     return out
@@ -134,6 +142,7 @@ def _train(args: argparse.Namespace) -> int:
     out_path = _out_dir(args)
     config = apply_overrides(TrainConfig(), args.overrides)
     check_cache_dir()
+    torch.set_num_threads(args.threads)
     parallel, device = init_from_env(args.device, timedelta(seconds=args.dist_timeout))
     # Every rank checks before rank 0 writes anything, so a refusal leaves the disk as it was.
     state = _resume_state(out_path, config, parallel) if args.resume else None
@@ -152,6 +161,7 @@ def _train(args: argparse.Namespace) -> int:
                     "experiment": "train",
                     "seed": args.seed,
                     "world_size": parallel.world_size,
+                    "threads": args.threads,
                     "config": config_to_dict(config),
                     **environment_info(str(device)),
                 }

@@ -106,12 +106,21 @@ def corrupt_demonstrations(
     return responses
 
 
-def _cache_key(task_spec: dict, model_config: GPTConfig, config: WarmStartConfig, seed: int) -> str:
+def _cache_key(
+    task_spec: dict, model_config: GPTConfig, config: WarmStartConfig, seed: int, device
+) -> str:
+    """A hash of everything that changes the warm start's bytes: its inputs, the torch version
+    and where it ran (device type; on the CPU the thread count, which changes the order of
+    floating-point sums)."""
+    where = {"device": torch.device(device).type, "torch": torch.__version__}
+    if where["device"] == "cpu":
+        where["threads"] = torch.get_num_threads()
     blob = json.dumps(
-        {"task": task_spec, "model": asdict(model_config), "warm": asdict(config), "seed": seed},
+        {"task": task_spec, "model": asdict(model_config), "warm": asdict(config), "seed": seed,
+         **where},
         sort_keys=True,
         default=str,
-    )
+    )  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -158,7 +167,8 @@ def warm_start(
     Returns:
         ``(model, from_cache)``.
     """
-    path = cache_dir() / "warmstart" / f"{_cache_key(task_spec, model_config, config, seed)}.pt"
+    key = _cache_key(task_spec, model_config, config, seed, device)
+    path = cache_dir() / "warmstart" / f"{key}.pt"
     torch.manual_seed(seed)
     model = GPT(model_config)
     if path.exists():
