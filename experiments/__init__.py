@@ -1,19 +1,24 @@
-"""Named, runnable experiments (``toy-entropy list`` shows them)."""
+"""Named, runnable experiments (``toy-entropy list`` shows them).
 
-from experiments.registry import (
-    Experiment,
-    ExperimentResult,
-    RunContext,
-    experiment,
-    get_experiment,
-    list_experiments,
-)
+The registry (and with it torch) is imported on first use of one of its names, so that
+``experiments.catalogue`` can list the experiments at once.
+"""
 
-__all__ = [
+_REGISTRY_NAMES = (
     "Experiment",
     "ExperimentResult",
     "RunContext",
     "experiment",
     "get_experiment",
     "list_experiments",
-]
+)
+
+__all__ = list(_REGISTRY_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _REGISTRY_NAMES:
+        from experiments import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'experiments' has no attribute {name!r}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from experiments.catalogue import EXPERIMENT_MODULES
 from toy_entropy.claims import Claim
 from toy_entropy.runlog import RunWriter
 
@@ -21,19 +22,6 @@ __all__ = [
     "get_experiment",
     "list_experiments",
 ]
-
-# Modules that define experiments; imported on first use so that `toy-entropy list` is fast.
-_EXPERIMENT_MODULES = (
-    "experiments.identity",
-    "experiments.bandit_collapse",
-    "experiments.sanity",
-    "experiments.collapse",
-    "experiments.methods",
-    "experiments.law",
-    "experiments.clip_higher_cov",
-    "experiments.identity_granularity",
-    "experiments.entropy_targets",
-)
 
 
 @dataclass
@@ -144,7 +132,7 @@ def experiment(
 
 
 def _load_all() -> None:
-    for module in _EXPERIMENT_MODULES:
+    for module in EXPERIMENT_MODULES:
         importlib.import_module(module)
 
 

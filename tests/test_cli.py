@@ -1,10 +1,13 @@
 """The toy-entropy CLI and the run directories it writes (shared/OUTPUTS.md)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import toy_entropy
 from toy_entropy.cli import main
 
 
@@ -86,3 +89,32 @@ def test_bandit_collapse_quick_reproduces_the_issue_claims(tmp_path):
         assert claims[f"collapse.best-likely__{rule}.entropy_falls_from_start"]["measured"] < 0
     seeds = sorted(p.name for p in (out / "best-rare__pg").iterdir())
     assert {"expected", "ode", "sampled-mean", "seed0"} <= set(seeds)
+
+
+def test_list_reads_the_catalogue_without_importing_torch():
+    from experiments import list_experiments
+    from experiments.catalogue import catalogue
+
+    assert catalogue() == [(e.name, e.description) for e in list_experiments()]
+    probe = (
+        "import sys; from toy_entropy.cli import main; main(['list']); "
+        "assert 'torch' not in sys.modules, 'list imported torch'"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("bandit-collapse\t")
+
+
+def test_run_help_lists_the_experiments_set_keys(capsys):
+    assert main(["run", "collapse", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--threads" in out and "--set keys" in out
+    assert "  workers = 0\n      parallel training processes" in out
+    assert "  tasks = ('reverse', 'sort', 'hard_prompt'); --quick: ('reverse', 'sort')" in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"toy-entropy {toy_entropy.__version__} (torch ")

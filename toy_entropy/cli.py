@@ -12,9 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 import toy_entropy
 from toy_entropy import interrupts
 from toy_entropy.claims import format_claims_table
@@ -26,9 +23,9 @@ from toy_entropy.rundir import (
     check_resume_dir,
     prepare_out_dir,
 )
-from toy_entropy.runlog import atomic_write_json, environment_info, write_run_summary
-from toy_entropy.trainer import NonFiniteError
-from toy_entropy.warmstart import check_cache_dir
+
+# torch and everything that imports it are imported where a command needs them, so that
+# `toy-entropy list`, `--help` and `--version` answer at once.
 
 __all__ = ["main", "UserError"]
 
@@ -55,14 +52,20 @@ def _resume_path(text: str) -> Path:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+class _Version(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        import torch
+
+        print(f"toy-entropy {toy_entropy.__version__} (torch {torch.__version__})")
+        parser.exit()
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="toy-entropy", description="Policy-entropy dynamics of RL for LM-like policies."
     )
     parser.add_argument(
-        "--version",
-        action="version",
-        version=f"toy-entropy {toy_entropy.__version__} (torch {torch.__version__})",
+        "--version", action=_Version, nargs=0, help="show the versions of toy-entropy and torch"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the experiments, one per line")
@@ -110,7 +113,9 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_device(name: str) -> torch.device:
+def _resolve_device(name: str):
+    import torch
+
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise UserError(f"--device={name!r} is invalid: expected cpu or cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -137,6 +142,9 @@ def _check_threads(threads: int | None) -> int:
 
 
 def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     # Same config, seed and thread count -> identical metrics.jsonl on CPU, also on a resume.
@@ -181,6 +189,8 @@ def _read_resumable_run(spec, args: argparse.Namespace) -> dict:
 
 
 def _check_cache() -> None:
+    from toy_entropy.warmstart import check_cache_dir
+
     try:
         check_cache_dir()
     except ValueError as error:
@@ -189,6 +199,8 @@ def _check_cache() -> None:
 
 def _start(spec, args: argparse.Namespace):
     """Everything checked before the first write: ``(config, seed, device, out, record)``."""
+    from toy_entropy.runlog import environment_info
+
     if args.resume is not None:
         stored = _read_resumable_run(spec, args)
         try:
@@ -226,7 +238,11 @@ QUICK_NOTE = (
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
     from experiments import RunContext, get_experiment
+    from toy_entropy.runlog import atomic_write_json, write_run_summary
+    from toy_entropy.trainer import NonFiniteError
 
     if args.name is None:
         if args.help:
@@ -327,10 +343,10 @@ def _fields_from_json(config_cls: type, values: dict) -> dict:
 
 
 def _list() -> int:
-    from experiments import list_experiments
+    from experiments.catalogue import catalogue
 
-    for spec in list_experiments():
-        print(f"{spec.name}\t{spec.description}")
+    for name, description in catalogue():
+        print(f"{name}\t{description}")
     return 0
 
 
@@ -350,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "run":
         interrupts.install()  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130 / 143
-    threads = torch.get_num_threads()  # a run sets its own; callers in-process get theirs back
+        import torch
+
+        threads = torch.get_num_threads()  # a run sets its own; in-process callers get theirs back
     try:
         if args.command == "list":
             return _list()
@@ -372,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"toy-entropy: error: no space left on device while writing {where}", file=sys.stderr)
         return 1
     finally:
-        interrupts.restore_defaults()
-        torch.set_num_threads(threads)
+        if args.command == "run":
+            interrupts.restore_defaults()
+            torch.set_num_threads(threads)
     return 2
 
 
