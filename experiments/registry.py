@@ -83,6 +83,13 @@ class RunContext:
 
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
+    def progress_bar(self, total: int, desc: str):
+        """A bar to ``update(n)`` by hand (a no-op object without ``show_progress``)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
+                    disable=not self.show_progress)  # fmt: skip
+
     def close(self) -> None:
         for run_writer in self._writers.values():
             run_writer.close()

@@ -30,7 +30,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -320,20 +320,24 @@ def run_sweep(specs: Sequence[RunSpec], context: RunContext, workers: int = 0) -
     interrupts.forward_to(lambda: _worker_pids(pool))
     try:
         warm = {_warm_key(spec): spec for spec in specs}
-        for future in as_completed(
-            [pool.submit(_warm_in_worker, s.config, s.seed, device) for s in warm.values()]
-        ):
+        warming = [pool.submit(_warm_in_worker, s.config, s.seed, device) for s in warm.values()]
+        for future in context.progress(as_completed(warming), len(warming), "warm starts"):
             future.result()
         interrupts.check()
         futures = {
             pool.submit(_train_in_worker, spec, str(context.out_dir), device, context.resume): spec
             for spec in specs
         }
-        done = as_completed(futures)
-        for future in context.progress(done, total=len(futures), desc="runs"):
-            if interrupts.requested() is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-            results[futures[future].sub_run] = future.result()
+        total = sum(spec.config.total_steps for spec in specs)
+        pending = set(futures)
+        with context.progress_bar(total, desc=f"{len(specs)} runs, steps") as bar:
+            while pending:
+                done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                if interrupts.requested() is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                for future in done:
+                    results[futures[future].sub_run] = future.result()
+                bar.update(_steps_logged(context.out_dir, specs) - bar.n)
     except KeyboardInterrupt:  # a second Ctrl-C: abort now, without checkpoints
         _signal_workers(pool, signal.SIGKILL)
         pool.shutdown(wait=False, cancel_futures=True)
@@ -347,6 +351,17 @@ def run_sweep(specs: Sequence[RunSpec], context: RunContext, workers: int = 0) -
         interrupts.forward_to(None)
     pool.shutdown(wait=True)
     return [results[spec.sub_run] for spec in specs]
+
+
+def _steps_logged(out_dir: Path, specs: Sequence[RunSpec]) -> int:
+    """RL steps the sweep's runs have logged so far (rows of their metrics.jsonl after step 0)."""
+    count = 0
+    for spec in specs:
+        path = out_dir / spec.sub_run / "metrics.jsonl"
+        if path.exists():
+            with open(path, "rb") as handle:
+                count += max(0, sum(1 for _ in handle) - 1)
+    return count
 
 
 def _worker_pids(pool: ProcessPoolExecutor) -> list[int]:

@@ -52,7 +52,13 @@ def train_one_run(
     state = resume_state(checkpoints, config, required=True) if context.resume else None
     writer = context.writer(sub_run, resume_from_step=state["step"] if state else None)
     trainer = Trainer(
-        config, seed, context.device, log_fn=writer.log, writer=writer, checkpoint_dir=checkpoints
+        config,
+        seed,
+        context.device,
+        log_fn=writer.log,
+        writer=writer,
+        checkpoint_dir=checkpoints,
+        show_progress=context.show_progress,
     )
     trainer.fit(state, progress=partial(context.progress, desc=sub_run or "train"))
     log_run_end(writer, trainer, {"seed": seed, **config_to_dict(config)})

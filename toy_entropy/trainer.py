@@ -330,6 +330,7 @@ class Trainer:
         checkpoint_dir: where checkpoints go (None: no checkpoints).
         parallel: this process's rank in a data-parallel run (``toy_entropy.parallel``); None
             for one process. Pass ``log_fn`` and ``writer`` on rank 0 only.
+        show_progress: a progress bar for the warm start when it is not cached.
     """
 
     def __init__(
@@ -341,6 +342,7 @@ class Trainer:
         writer=None,
         checkpoint_dir: Path | None = None,
         parallel: DataParallel | None = None,
+        show_progress: bool = False,
     ) -> None:
         self.config, self.seed, self.device = config, seed, torch.device(device)
         self.log_fn, self.writer = log_fn, writer
@@ -365,7 +367,7 @@ class Trainer:
         task_spec = {"name": config.task, "extra_tokens": config.extra_tokens}
         task_spec.update(config.task_args())
         self.model, self.warm_from_cache = warm_start(
-            self.task, task_spec, model_config, warm, seed, self.device
+            self.task, task_spec, model_config, warm, seed, self.device, show_progress
         )
         # The loss forward; under DDP its construction broadcasts rank 0's parameters.
         self.policy = self.parallel.wrap(HiddenStates(self.model), self.device)

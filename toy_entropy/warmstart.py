@@ -124,14 +124,19 @@ def _cache_key(
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _train(task, model: GPT, config: WarmStartConfig, seed: int) -> None:
+def _train(task, model: GPT, config: WarmStartConfig, seed: int, show_progress: bool) -> None:
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     answer_ids = torch.tensor(task.vocab.encode(list(task.vocab.symbols)))  # (A,) task tokens
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
     model.train()
-    for _ in range(config.steps):
+    steps = range(config.steps)
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="warm start (cached afterwards)", leave=False, dynamic_ncols=True)
+    for _ in steps:
         interrupts.check()  # a stop request during the warm start keeps nothing of it
         prompts = task.sample_prompts(config.batch_size, "train", rng)
         demos, demo_mask = task.warm_start_demonstrations(prompts, rng)
@@ -152,7 +157,13 @@ def _train(task, model: GPT, config: WarmStartConfig, seed: int) -> None:
 
 
 def warm_start(
-    task, task_spec: dict, model_config: GPTConfig, config: WarmStartConfig, seed: int, device
+    task,
+    task_spec: dict,
+    model_config: GPTConfig,
+    config: WarmStartConfig,
+    seed: int,
+    device,
+    show_progress: bool = False,
 ) -> tuple[GPT, bool]:
     """A warm-started model, from the cache when one with the same key exists.
 
@@ -163,6 +174,7 @@ def warm_start(
         config: the warm-start recipe.
         seed: seeds initialisation, prompts and corruption.
         device: where the model lives.
+        show_progress: draw a progress bar while training (a cache miss).
 
     Returns:
         ``(model, from_cache)``.
@@ -180,6 +192,6 @@ def warm_start(
             torch.manual_seed(seed)
             model = GPT(model_config)
     model.to(device)
-    _train(task, model, config, seed)
+    _train(task, model, config, seed, show_progress)
     atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     return model.eval(), False
