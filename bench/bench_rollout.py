@@ -73,7 +73,7 @@ def main() -> None:
     trainer = Trainer(train, seed=0, device=device)
     batch = trainer.rollout()
     rows = torch.arange(args.batch, device=device)
-    update_tokens = float(batch["mask"].sum())
+    update_tokens = float(batch.mask.sum())
     update = _best_of(args.repeats, lambda: trainer._optimise(batch, rows))
 
     print(

@@ -106,7 +106,7 @@ def run_child(args: argparse.Namespace, overrides: list[str]) -> dict:
         batch = trainer.rollout()
         _sync(device)
         rollout_s.append(time.perf_counter() - started)
-        tokens.append(float(batch["mask"].sum()))
+        tokens.append(float(batch.mask.sum()))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()

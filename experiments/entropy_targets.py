@@ -32,6 +32,7 @@ from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import rank_correlation
 from toy_entropy.entropy import masked_response_mean
 from toy_entropy.report import SubRun, figure_curves, markdown_table
+from toy_entropy.rollout import Rollout
 from toy_entropy.trainer import TrainConfig
 
 __all__ = ["EntropyController", "EntropyTargetsConfig", "KNOBS", "tracking_error"]
@@ -69,8 +70,8 @@ class EntropyController:
         error = (self.target - entropy) / self.target
         return float(min(self.high, max(self.low, current * math.exp(self.gain * error))))
 
-    def __call__(self, trainer, batch: dict) -> dict[str, float]:
-        entropy = float(masked_response_mean(batch["token_entropy"], batch["mask"]))
+    def __call__(self, trainer, rollout: Rollout) -> dict[str, float]:
+        entropy = float(masked_response_mean(rollout.token_entropy, rollout.mask))
         value = self.next_value(getattr(trainer.loss_config, self.knob), entropy)
         trainer.loss_config = replace(trainer.loss_config, **{self.knob: value})
         return {

@@ -8,8 +8,8 @@
 - :class:`ClipHigherAdmitted`, an update probe: at every optimiser step, the covariance of the
   tokens that clip-higher admits beyond the symmetric clip (the paper: about -0.03).
 
-All take the rollout batch of ``Trainer.rollout`` (or any dict with the same keys) and compute on
-the batch's device; the hooks return host floats.
+All take the :class:`~toy_entropy.rollout.Rollout` of ``Trainer.rollout`` (or any object with
+the same attributes) and compute on its device; the hooks return host floats.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from toy_entropy.losses.selection import token_covariance
+from toy_entropy.rollout import Rollout
 
 __all__ = [
     "ACCURACY_BUCKETS",
@@ -36,11 +37,11 @@ ACCURACY_BUCKETS = {"hard": (0.0, 1 / 3), "medium": (1 / 3, 2 / 3), "easy": (2 /
 whose GRPO advantages are zero, are left out (``easy`` excludes 1)."""
 
 
-def batch_token_covariance(batch: dict) -> torch.Tensor:
+def batch_token_covariance(rollout: Rollout) -> torch.Tensor:
     """``(B, T)`` token covariance ``(lp - mean lp)(A - mean A)``, means over the valid tokens
     of the whole batch; 0 at invalid positions."""
-    mask = batch["mask"]
-    lp, adv = batch["old_log_probs"].double(), batch["advantages"].double()  # (B, T)
+    mask = rollout.mask
+    lp, adv = rollout.old_log_probs.double(), rollout.advantages.double()  # (B, T)
     weights = mask.double()
     n = weights.sum().clamp(min=1)
     cov = token_covariance(lp, adv, (lp * weights).sum() / n, (adv * weights).sum() / n)
@@ -48,26 +49,26 @@ def batch_token_covariance(batch: dict) -> torch.Tensor:
 
 
 def group_covariance(
-    batch: dict, num_groups: int
+    rollout: Rollout, num_groups: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per prompt group: accuracy, mean token covariance and valid-token count, each ``(P,)``.
 
     Groups are contiguous blocks of ``B / num_groups`` rows (how the trainer lays them out).
     """
-    cov = batch_token_covariance(batch)  # (B, T)
-    tokens = batch["mask"].double().sum(dim=1).view(num_groups, -1).sum(dim=1)  # (P,)
+    cov = batch_token_covariance(rollout)  # (B, T)
+    tokens = rollout.mask.double().sum(dim=1).view(num_groups, -1).sum(dim=1)  # (P,)
     cov_sum = cov.sum(dim=1).view(num_groups, -1).sum(dim=1)  # (P,)
-    accuracy = batch["rewards"].double().view(num_groups, -1).mean(dim=1)  # (P,)
+    accuracy = rollout.rewards.double().view(num_groups, -1).mean(dim=1)  # (P,)
     return accuracy, cov_sum / tokens.clamp(min=1), tokens
 
 
-def covariance_by_accuracy(trainer, batch: dict) -> dict[str, float]:
+def covariance_by_accuracy(trainer, rollout: Rollout) -> dict[str, float]:
     """Token-weighted mean covariance of the groups in each :data:`ACCURACY_BUCKETS` bucket.
 
     Returns ``cov_by_accuracy/<bucket>`` (NaN when no group falls in it) and
     ``cov_by_accuracy/<bucket>_groups`` (how many groups did).
     """
-    accuracy, cov, tokens = group_covariance(batch, trainer.config.num_prompts)
+    accuracy, cov, tokens = group_covariance(rollout, trainer.config.num_prompts)
     stacked = []
     for low, high in ACCURACY_BUCKETS.values():
         inside = (accuracy > low) & (accuracy <= high) & (accuracy < 1)  # (P,)
@@ -105,12 +106,12 @@ def sequence_covariance(
     return centred.mean(dim=1).mean()
 
 
-def token_covariance_mean(batch: dict) -> torch.Tensor:
+def token_covariance_mean(rollout: Rollout) -> torch.Tensor:
     """0-dim mean of the batch token covariance over the valid tokens (``cov/mean``)."""
-    return batch_token_covariance(batch).sum() / batch["mask"].sum().clamp(min=1)
+    return batch_token_covariance(rollout).sum() / rollout.mask.sum().clamp(min=1)
 
 
-def granularity_covariances(trainer, batch: dict) -> dict[str, float]:
+def granularity_covariances(trainer, rollout: Rollout) -> dict[str, float]:
     """Hook: the two coarse predictors of the entropy change, with the sign of a prediction.
 
     ``granularity/neg_sequence_cov`` = -(per-prompt sequence covariance) and
@@ -118,9 +119,9 @@ def granularity_covariances(trainer, batch: dict) -> dict[str, float]:
     the actual entropy change (up to an unknown positive scale, the step size).
     """
     sequence = sequence_covariance(
-        batch["old_log_probs"], batch["advantages"], batch["mask"], trainer.config.num_generations
+        rollout.old_log_probs, rollout.advantages, rollout.mask, trainer.config.num_generations
     )
-    values = torch.stack([-sequence, -token_covariance_mean(batch)]).tolist()
+    values = torch.stack([-sequence, -token_covariance_mean(rollout)]).tolist()
     return {"granularity/neg_sequence_cov": values[0], "granularity/neg_token_cov": values[1]}
 
 
@@ -142,15 +143,17 @@ class ClipHigherAdmitted:
     for exact pooling over steps.
     """
 
-    def before_update(self, trainer, batch: dict, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    def before_update(
+        self, trainer, rollout: Rollout, rows: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         config = trainer.loss_config
-        mask = batch["mask"][rows]  # (b, T)
+        mask = rollout.mask[rows]  # (b, T)
         with torch.no_grad():
-            logits = trainer.response_logits(trainer.model, batch["tokens"][rows],
-                                             batch["attention"][rows])  # (b, T, V)  # fmt: skip
+            logits = trainer.response_logits(trainer.model, rollout.tokens[rows],
+                                             rollout.attention[rows])  # (b, T, V)  # fmt: skip
             lp = torch.log_softmax(logits.double(), dim=-1)
-            lp = lp.gather(-1, batch["responses"][rows].unsqueeze(-1)).squeeze(-1)  # (b, T)
-        old, adv = batch["old_log_probs"][rows].double(), batch["advantages"][rows].double()
+            lp = lp.gather(-1, rollout.responses[rows].unsqueeze(-1)).squeeze(-1)  # (b, T)
+        old, adv = rollout.old_log_probs[rows].double(), rollout.advantages[rows].double()
         weights = mask.double()
         n = weights.sum().clamp(min=1)
         cov = token_covariance(lp, adv, (lp * weights).sum() / n, (adv * weights).sum() / n)

@@ -6,20 +6,9 @@ metrics.jsonl, TensorBoard events, hparams, checkpoint) and returns :class:`RunR
 holding every step's metrics; :func:`log_seed_bands` writes one ``DIR/<variant>/seeds-mean/``
 run per variant with mean +/- std tags that the custom-scalars layout overlays.
 
-Hooks are how experiments measure what the trainer does not log, without changing it.
-:class:`InstrumentedTrainer` calls
-
-- each rollout hook with the rollout batch (the dict returned by ``Trainer.rollout``: tokens,
-  mask, rewards, advantages, old_log_probs, token_entropy, ...) *before* the step's updates; it
-  returns extra metrics for the step and may replace ``trainer.loss_config`` (a frozen
-  dataclass: ``dataclasses.replace``) to steer the updates that follow, which is how the
-  entropy controller works;
-- each :class:`UpdateProbe` before every optimiser step with the mini-batch rows it is about to
-  train on; the probe returns additive totals (device tensors), summed over the step's updates
-  and turned into the step's metrics by ``probe.finish``.
-
-Hooks must be picklable (module-level functions or dataclass instances) to cross into worker
-processes.
+Hooks (``toy_entropy.rollout``: rollout hooks and update probes) are how experiments measure
+what the trainer does not log, without changing it; a spec's hooks are passed to its
+``Trainer`` and their metrics join the step rows.
 """
 
 from __future__ import annotations
@@ -29,12 +18,11 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -44,15 +32,13 @@ from experiments.training_runs import log_run_end, resume_state
 from toy_entropy import interrupts
 from toy_entropy.config import config_to_dict
 from toy_entropy.curve_stats import seed_band
+from toy_entropy.rollout import RolloutHook, UpdateProbe
 from toy_entropy.tb_layout import add_layout, band_tags
 from toy_entropy.trainer import TrainConfig, Trainer
 
 __all__ = [
-    "RolloutHook",
-    "UpdateProbe",
     "RunSpec",
     "RunResult",
-    "InstrumentedTrainer",
     "train_run",
     "run_sweep",
     "resolve_workers",
@@ -61,21 +47,6 @@ __all__ = [
     "SeedBand",
     "step_band",
 ]
-
-RolloutHook = Callable[[Trainer, dict], dict]
-"""``hook(trainer, batch) -> {metric: value}``, called on every rollout before its updates."""
-
-
-class UpdateProbe(Protocol):
-    """Measures every optimiser step; see the module docstring."""
-
-    def before_update(
-        self, trainer: Trainer, batch: dict, rows: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Additive totals of the update about to train on ``batch[...][rows]``."""
-
-    def finish(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The step's metrics from the totals summed over its updates."""
 
 
 @dataclass(frozen=True)
@@ -134,60 +105,6 @@ class RunResult:
         return np.array(steps), np.array(values, dtype=np.float64)
 
 
-class InstrumentedTrainer(Trainer):
-    """The trainer with rollout hooks and update probes whose metrics join the step's log row.
-
-    Args:
-        hooks: rollout hooks; probes: update probes; the rest as
-            :class:`~toy_entropy.trainer.Trainer`.
-    """
-
-    def __init__(
-        self,
-        config: TrainConfig,
-        seed: int,
-        device: torch.device,
-        log_fn: Callable[[int, dict], None] | None = None,
-        writer=None,
-        checkpoint_dir: Path | None = None,
-        hooks: Sequence[RolloutHook] = (),
-        probes: Sequence[UpdateProbe] = (),
-    ) -> None:
-        self.hooks, self.probes = tuple(hooks), tuple(probes)
-        self.rows: list[dict[str, float]] = []
-        self._pending: dict[str, float] = {}
-        self._totals: dict[str, torch.Tensor] = {}
-        self._outer_log = log_fn
-        super().__init__(config, seed, device, self._log, writer, checkpoint_dir)
-
-    def rollout(self) -> dict:
-        batch = super().rollout()
-        for hook in self.hooks:
-            self._pending.update(hook(self, batch))
-        return batch
-
-    def _optimise(
-        self, batch: dict, rows: torch.Tensor, on_policy: bool = False
-    ) -> dict[str, torch.Tensor]:
-        for probe in self.probes:
-            for name, value in probe.before_update(self, batch, rows).items():
-                self._totals[name] = self._totals.get(name, 0) + value
-        return super()._optimise(batch, rows, on_policy)
-
-    def _log(self, step: int, metrics: dict) -> None:
-        if step == 0:  # the initial evaluation, kept as ``initial_eval``, not as a step row
-            if self._outer_log is not None:
-                self._outer_log(step, metrics)
-            return
-        for probe in self.probes:
-            self._pending.update(probe.finish(self._totals))
-        row = {**metrics, **{k: float(v) for k, v in self._pending.items()}}
-        self._pending, self._totals = {}, {}
-        self.rows.append({"step": step, **row})
-        if self._outer_log is not None:
-            self._outer_log(step, row)
-
-
 def train_run(spec: RunSpec, context: RunContext) -> RunResult:
     """Warm start and train one run into ``context.out_dir/<variant>/seed<S>``.
 
@@ -206,15 +123,15 @@ def train_run(spec: RunSpec, context: RunContext) -> RunResult:
         if state["step"] >= spec.config.total_steps:
             return _finished_result(spec, state, logged)
     writer = context.writer(spec.sub_run, resume_from_step=state["step"] if state else None)
-    trainer = InstrumentedTrainer(
+    trainer = Trainer(
         spec.config,
         spec.seed,
         context.device,
         log_fn=writer.log,
         writer=writer,
         checkpoint_dir=checkpoints,
-        hooks=spec.hooks,
-        probes=spec.probes,
+        rollout_hooks=spec.hooks,
+        update_probes=spec.probes,
     )
     trainer.fit(state, progress=partial(context.progress, desc=spec.sub_run))
     log_run_end(writer, trainer, {"variant": spec.variant, "seed": spec.seed,
@@ -222,7 +139,7 @@ def train_run(spec: RunSpec, context: RunContext) -> RunResult:
     return RunResult(
         variant=spec.variant,
         seed=spec.seed,
-        rows=logged + trainer.rows,
+        rows=logged + [{"step": r.step, **r.metrics} for r in trainer.history],
         initial_eval=trainer.initial_eval,
         identity_points=list(trainer.identity_points),
         num_parameters=sum(p.numel() for p in trainer.model.parameters()),

@@ -30,12 +30,12 @@ def _batch():
     Valid log-probs -1, -1, -3, -1, -1, -1, -1 (mean -9/7); advantages 1, 1, -1, -1, 0, 0, 0.
     """
     mask = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 0]], dtype=torch.bool)
-    return {
-        "mask": mask,
-        "old_log_probs": torch.tensor([[-1.0, -1.0], [-3.0, -1.0], [-1.0, -1.0], [-1.0, 0.0]]),
-        "advantages": torch.tensor([1.0, -1.0, 0.0, 0.0])[:, None].expand(4, 2),
-        "rewards": torch.tensor([1.0, 0.0, 1.0, 1.0]),
-    }
+    return SimpleNamespace(
+        mask=mask,
+        old_log_probs=torch.tensor([[-1.0, -1.0], [-3.0, -1.0], [-1.0, -1.0], [-1.0, 0.0]]),
+        advantages=torch.tensor([1.0, -1.0, 0.0, 0.0])[:, None].expand(4, 2),
+        rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]),
+    )
 
 
 def test_covariance_by_accuracy_buckets_groups():
@@ -54,7 +54,7 @@ def test_sequence_and_token_covariance():
     batch = _batch()
     # per-response mean log-probs -1, -2 | -1, -1; group 0: Cov((.5, -.5), (1, -1)) = 0.5,
     # group 1: advantages are equal -> 0; mean over prompts 0.25
-    sequence = sequence_covariance(batch["old_log_probs"], batch["advantages"], batch["mask"], 2)
+    sequence = sequence_covariance(batch.old_log_probs, batch.advantages, batch.mask, 2)
     assert float(sequence) == pytest.approx(0.25)
     assert float(token_covariance_mean(batch)) == pytest.approx(2 / 7)
 
@@ -69,14 +69,14 @@ def test_clip_higher_probe_finds_the_admitted_tokens():
         model=None,
         response_logits=lambda model, tokens, attention: logits[: tokens.shape[0]],
     )
-    batch = {
-        "mask": torch.ones(2, 2, dtype=torch.bool),
-        "tokens": torch.zeros(2, 3, dtype=torch.long),
-        "attention": torch.ones(2, 3, dtype=torch.bool),
-        "responses": torch.zeros(2, 2, dtype=torch.long),
-        "old_log_probs": old.log(),
-        "advantages": torch.tensor([[1.0, 1.0], [-1.0, -1.0]]),
-    }
+    batch = SimpleNamespace(
+        mask=torch.ones(2, 2, dtype=torch.bool),
+        tokens=torch.zeros(2, 3, dtype=torch.long),
+        attention=torch.ones(2, 3, dtype=torch.bool),
+        responses=torch.zeros(2, 2, dtype=torch.long),
+        old_log_probs=old.log(),
+        advantages=torch.tensor([[1.0, 1.0], [-1.0, -1.0]]),
+    )
     probe = ClipHigherAdmitted()
     rows = torch.arange(2)
     totals: dict = {}
@@ -101,7 +101,9 @@ def test_entropy_controller_is_integral_control_in_log_space():
     assert controller.next_value(0.02, entropy=0.4) == pytest.approx(0.02 * math.exp(-0.5))
     assert controller.next_value(0.49, entropy=0.0) == 0.5  # clamped at high
     trainer = SimpleNamespace(loss_config=PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.02))
-    batch = {"token_entropy": torch.full((2, 3), 0.1), "mask": torch.ones(2, 3, dtype=torch.bool)}
+    batch = SimpleNamespace(
+        token_entropy=torch.full((2, 3), 0.1), mask=torch.ones(2, 3, dtype=torch.bool)
+    )
     metrics = controller(trainer, batch)
     assert trainer.loss_config.kl_cov_ratio == pytest.approx(0.02 * math.exp(0.25))
     assert metrics["control/error"] == pytest.approx(0.5)

@@ -25,9 +25,10 @@ one process on the concatenated batch (THEORY.md s.6). What makes it so:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 
 import torch
@@ -35,6 +36,7 @@ import torch.distributed
 import torch.nn as nn
 
 from toy_entropy.losses.distributed import Collectives, as_collectives
+from toy_entropy.rollout import RolloutStats
 
 __all__ = ["DataParallel", "HiddenStates", "init_from_env", "mini_batch_rows", "stratum_groups"]
 
@@ -93,15 +95,12 @@ class DataParallel:
         gathered = gathered.reshape(-1, *tensor.shape[1:])
         return gathered.bool() if flag else gathered
 
-    def gather_batch(self, batch: Mapping, keys: Iterable[str]) -> dict:
-        """``batch`` with the tensors at ``keys`` (None allowed) gathered over ranks.
-
-        The other entries are dropped when there are several ranks; with one rank the batch
-        is returned as it is.
-        """
+    def gather_stats(self, stats: RolloutStats) -> RolloutStats:
+        """The rollout's per-row statistics with the rows of every rank, in rank order."""
         if self.world_size == 1:
-            return dict(batch)
-        return {k: None if batch[k] is None else self.gather_rows(batch[k]) for k in keys}
+            return stats
+        values = [getattr(stats, f.name) for f in dataclasses.fields(stats)]
+        return RolloutStats(*(None if v is None else self.gather_rows(v) for v in values))
 
     def sum(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Sum 0-dim tensors over ranks (in rank order: identical on every rank)."""

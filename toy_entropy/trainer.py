@@ -22,7 +22,7 @@ import copy
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -55,6 +55,7 @@ from toy_entropy.losses import (
 )
 from toy_entropy.model import GPT, PRESETS, GPTConfig
 from toy_entropy.parallel import DataParallel, HiddenStates, mini_batch_rows, stratum_groups
+from toy_entropy.rollout import Rollout, RolloutHook, RolloutStats, UpdateProbe
 from toy_entropy.scale_presets import SCALE_PRESETS, apply_scale_preset, parse_task_kwargs
 from toy_entropy.token_stats import token_log_probs_and_entropy
 from toy_entropy.warmstart import WarmStartConfig, warm_start
@@ -62,15 +63,6 @@ from toy_entropy.warmstart import WarmStartConfig, warm_start
 __all__ = ["TrainConfig", "Trainer", "StepRecord", "NonFiniteError", "check_resumable"]
 
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce")
-GLOBAL_METRIC_KEYS = (
-    "rewards",
-    "mask",
-    "token_entropy",
-    "old_log_probs",
-    "advantages",
-    "ref_log_probs",
-)
-"""Per-row rollout tensors that step metrics read; gathered over ranks before they are read."""
 NONFINITE_POLICIES = ("skip", "stop")
 # Per-update metrics that are NaN by definition on some updates (e.g. the first, on-policy
 # update admits no token beyond the symmetric clip); averaged over the updates that define them.
@@ -331,6 +323,8 @@ class Trainer:
         parallel: this process's rank in a data-parallel run (``toy_entropy.parallel``); None
             for one process. Pass ``log_fn`` and ``writer`` on rank 0 only.
         show_progress: a progress bar for the warm start when it is not cached.
+        rollout_hooks, update_probes: observers of every step whose metrics join the step's
+            row (``toy_entropy.rollout``).
     """
 
     def __init__(
@@ -343,8 +337,12 @@ class Trainer:
         checkpoint_dir: Path | None = None,
         parallel: DataParallel | None = None,
         show_progress: bool = False,
+        rollout_hooks: Sequence[RolloutHook] = (),
+        update_probes: Sequence[UpdateProbe] = (),
     ) -> None:
         self.config, self.seed, self.device = config, seed, torch.device(device)
+        self.rollout_hooks, self.update_probes = tuple(rollout_hooks), tuple(update_probes)
+        self._probe_totals: dict[str, torch.Tensor] = {}
         self.log_fn, self.writer = log_fn, writer
         self.checkpoint_dir = checkpoint_dir
         self.parallel = parallel or DataParallel()
@@ -559,8 +557,8 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------
 
-    def rollout(self):
-        """Sample P x G responses; returns a dict of ``(B, ...)`` tensors, B = P * G.
+    def rollout(self) -> Rollout:
+        """Sample P x G responses, score them, compute advantages (B = P * G rows).
 
         With several ranks, P and B are this rank's shard of whole groups: every rank draws
         the whole rollout's prompts and (B, T) sampling uniforms and keeps its rows, so a row's
@@ -595,24 +593,24 @@ class Trainer:
         ref_log_probs = None
         if self.reference is not None:
             ref_log_probs = self._score(self.reference, tokens, attention, responses, False)[0]
-        return {
-            "prompts": prompts,
-            "prompt_index": prompt_index,
-            "tokens": tokens,
-            "attention": attention,
-            "responses": responses,
-            "mask": mask,
-            "rewards": rewards,
-            "advantages": advantages[:, None].expand_as(old_log_probs).contiguous(),
-            "old_log_probs": old_log_probs,
-            "ref_log_probs": ref_log_probs,
-            "token_entropy": token_entropy,
-        }
+        return Rollout(
+            mask=mask,
+            rewards=rewards,
+            advantages=advantages[:, None].expand_as(old_log_probs).contiguous(),
+            old_log_probs=old_log_probs,
+            token_entropy=token_entropy,
+            ref_log_probs=ref_log_probs,
+            prompts=prompts,
+            prompt_index=prompt_index,
+            tokens=tokens,
+            attention=attention,
+            responses=responses,
+        )
 
     def _optimise(
-        self, batch: dict, rows: torch.Tensor, on_policy: bool = False
+        self, rollout: Rollout, rows: torch.Tensor, on_policy: bool = False
     ) -> dict[str, torch.Tensor]:
-        """One optimiser step on the mini-batch ``rows``; returns device metrics.
+        """One optimiser step on the mini-batch ``rows`` of ``rollout``; returns device metrics.
 
         ``on_policy``: the model is still the one that sampled the rollout (the first step
         after it). The loss then takes its own detached log-probs as the old ones, as TRL does
@@ -623,10 +621,10 @@ class Trainer:
         the chunking of the forward pass.
         """
         cfg = self.config
-        take = {k: batch[k][rows] for k in ("tokens", "attention", "responses", "mask")}
-        old_lp = batch["old_log_probs"][rows]
-        advantages = batch["advantages"][rows]
-        ref_lp = None if batch["ref_log_probs"] is None else batch["ref_log_probs"][rows]
+        take = {k: getattr(rollout, k)[rows] for k in ("tokens", "attention", "responses", "mask")}
+        old_lp = rollout.old_log_probs[rows]  # (b, T)
+        advantages = rollout.advantages[rows]  # (b, T)
+        ref_lp = None if rollout.ref_log_probs is None else rollout.ref_log_probs[rows]
         self.model.train()
         # The selection is made once over the whole mini-batch (all ranks).
         current_lp = self._score(
@@ -686,76 +684,26 @@ class Trainer:
         return totals
 
     def train_step(self) -> dict[str, float]:
-        """One rollout and its updates; returns the step's metrics as host floats."""
+        """One RL step, in the order of the module docstring; returns its metrics (host floats).
+
+        rollout -> rollout hooks -> updates (update probes before each) -> step metrics and the
+        identity -> one host transfer -> the non-finite guard -> evaluation, histograms, log,
+        checkpoint.
+        """
         cfg = self.config
         start_state = self._snapshot()
         started = time.perf_counter()
-        batch = self.rollout()
+        rollout = self.rollout()
         rollout_seconds = time.perf_counter() - started
-        shard, batch = batch, self.parallel.gather_batch(batch, GLOBAL_METRIC_KEYS)
-        mask = batch["mask"]
-        metrics: dict[str, torch.Tensor] = {
-            "reward": batch["rewards"].mean(),
-            "entropy": masked_response_mean(batch["token_entropy"], mask),
-            "entropy/token_mean": masked_token_mean(batch["token_entropy"], mask),
-            "entropy/sampled_neg_log_prob": masked_token_mean(-batch["old_log_probs"], mask),
-            "rollout/response_length": mask.sum(dim=1).float().mean(),
-            "rollout/solved_groups": (
-                batch["rewards"].view(cfg.num_prompts, -1).max(dim=1).values > 0
-            )
-            .float()
-            .mean(),
-        }
-        update_metrics: dict[str, list[torch.Tensor]] = {}
-        identity_actual, identity_predicted = [], []
+        hook_metrics = self._run_rollout_hooks(rollout)
+        stats = self.parallel.gather_stats(rollout.stats())  # the whole rollout (all ranks)
         started = time.perf_counter()
-        for iteration in range(cfg.num_iterations):
-            passes = mini_batch_rows(
-                cfg.num_prompts,
-                cfg.num_generations,
-                cfg.num_mini_batches,
-                self.generator,
-                self.parallel,
-            )
-            for index, rows in enumerate(passes):
-                before = self._probe_logits()
-                step_metrics = self._optimise(shard, rows, on_policy=iteration == index == 0)
-                after = self._probe_logits()
-                actual, predicted = self._identity(before, after)
-                identity_actual.append(actual)
-                identity_predicted.append(predicted)
-                for name, value in step_metrics.items():
-                    update_metrics.setdefault(name, []).append(torch.as_tensor(value))
+        update_metrics, identity = self._update(rollout)
         update_seconds = time.perf_counter() - started
-        for name, values in update_metrics.items():
-            # Diagnostics undefined on some updates (no token admitted) average over the rest.
-            mean = torch.nanmean if name in NAN_AWARE_METRICS else torch.mean
-            metrics[name] = mean(torch.stack(values).double())
-        identity = torch.stack([torch.stack(identity_predicted), torch.stack(identity_actual)])
+        metrics = self._rollout_metrics(stats) | update_metrics
         metrics["identity/actual_dH"] = identity[1].sum()
         metrics["identity/predicted_dH"] = identity[0].sum()
-        if self.reference is not None:
-            k3 = kl_estimate(
-                batch["old_log_probs"],
-                batch["ref_log_probs"],
-                "k3",
-                self.loss_config.log_ratio_clamp,
-            )
-            metrics["kl/reference_k3"] = masked_token_mean(k3, mask)
-        # The guard's flags: whether the state the step started from gave finite outputs, and
-        # whether anything of the step (outputs, rewards, advantages, loss, gradients) is not.
-        checked = [v for k, v in metrics.items() if k not in NAN_AWARE_METRICS]
-        outputs_finite = torch.isfinite(metrics["entropy"]) & torch.isfinite(
-            metrics["entropy/sampled_neg_log_prob"]
-        )
-        all_finite = (
-            torch.isfinite(torch.stack([torch.as_tensor(v).to(self.device) for v in checked]))
-            .all()
-            .logical_and(torch.isfinite(batch["advantages"]).all())
-            .logical_and(torch.isfinite(identity).all())
-        )
-        metrics["guard/state_nonfinite"] = (~outputs_finite).double()
-        metrics["guard/nonfinite"] = (~all_finite).double()
+        self._guard_flags(metrics, stats, identity)
         # The step's single host transfer: metrics, the guard flags and the identity points.
         values = torch.cat(
             [
@@ -767,7 +715,7 @@ class Trainer:
         ).tolist()
         host = dict(zip(metrics, values[: len(metrics)]))
         points = values[len(metrics) :]
-        tokens = host["rollout/response_length"] * batch["rewards"].numel()
+        tokens = host["rollout/response_length"] * stats.rewards.numel()
         host["perf/rollout_tokens_per_s"] = tokens / max(rollout_seconds, 1e-9)
         host["perf/update_tokens_per_s"] = tokens * cfg.num_iterations / max(update_seconds, 1e-9)
         self.step += 1
@@ -777,17 +725,104 @@ class Trainer:
             half = len(points) // 2
             self.identity_points.extend(zip(points[:half], points[half:]))
         host["guard/skipped_updates"] = float(self.skipped_updates)
+        host.update(hook_metrics)
+        for probe in self.update_probes:
+            host.update(probe.finish(self._probe_totals))
         if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
             host.update(self.evaluate())
         histogram_step = cfg.histogram_every and self.step % cfg.histogram_every == 0
         if self.writer is not None and histogram_step and not flagged:
-            self._histograms(batch)
+            self._histograms(stats)
         if self.log_fn is not None:
             self.log_fn(self.step, host)
         self.history.append(StepRecord(self.step, host))
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
             self.save_checkpoint()
         return host
+
+    def _run_rollout_hooks(self, rollout: Rollout) -> dict[str, float]:
+        """The rollout hooks' metrics (they run before the updates, which they may steer)."""
+        metrics: dict[str, float] = {}
+        for hook in self.rollout_hooks:
+            metrics.update({k: float(v) for k, v in hook(self, rollout).items()})
+        return metrics
+
+    def _rollout_metrics(self, stats: RolloutStats) -> dict[str, torch.Tensor]:
+        """Device metrics of the rollout itself: reward, entropy (nats), lengths, KL to ref."""
+        cfg, mask = self.config, stats.mask
+        metrics = {
+            "reward": stats.rewards.mean(),
+            "entropy": masked_response_mean(stats.token_entropy, mask),
+            "entropy/token_mean": masked_token_mean(stats.token_entropy, mask),
+            "entropy/sampled_neg_log_prob": masked_token_mean(-stats.old_log_probs, mask),
+            "rollout/response_length": mask.sum(dim=1).float().mean(),
+            "rollout/solved_groups": (stats.rewards.view(cfg.num_prompts, -1).max(dim=1).values > 0)
+            .float()
+            .mean(),
+        }
+        if stats.ref_log_probs is not None:
+            k3 = kl_estimate(
+                stats.old_log_probs, stats.ref_log_probs, "k3", self.loss_config.log_ratio_clamp
+            )
+            metrics["kl/reference_k3"] = masked_token_mean(k3, mask)
+        return metrics
+
+    def _update(self, rollout: Rollout) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``num_iterations`` passes of ``num_mini_batches`` optimiser steps over the rollout.
+
+        Returns the update metrics averaged over the optimiser steps and the identity points
+        ``(2, num_updates)``: predicted and actual entropy change (nats) on the probe states.
+        """
+        cfg = self.config
+        update_metrics: dict[str, list[torch.Tensor]] = {}
+        identity_actual, identity_predicted = [], []
+        self._probe_totals = {}
+        for iteration in range(cfg.num_iterations):
+            passes = mini_batch_rows(
+                cfg.num_prompts,
+                cfg.num_generations,
+                cfg.num_mini_batches,
+                self.generator,
+                self.parallel,
+            )
+            for index, rows in enumerate(passes):
+                for probe in self.update_probes:
+                    for name, value in probe.before_update(self, rollout, rows).items():
+                        self._probe_totals[name] = self._probe_totals.get(name, 0) + value
+                before = self._probe_logits()
+                step_metrics = self._optimise(rollout, rows, on_policy=iteration == index == 0)
+                after = self._probe_logits()
+                actual, predicted = self._identity(before, after)
+                identity_actual.append(actual)
+                identity_predicted.append(predicted)
+                for name, value in step_metrics.items():
+                    update_metrics.setdefault(name, []).append(torch.as_tensor(value))
+        metrics = {}
+        for name, values in update_metrics.items():
+            # Diagnostics undefined on some updates (no token admitted) average over the rest.
+            mean = torch.nanmean if name in NAN_AWARE_METRICS else torch.mean
+            metrics[name] = mean(torch.stack(values).double())
+        identity = torch.stack([torch.stack(identity_predicted), torch.stack(identity_actual)])
+        return metrics, identity
+
+    def _guard_flags(
+        self, metrics: dict[str, torch.Tensor], stats: RolloutStats, identity: torch.Tensor
+    ) -> None:
+        """Add the guard's device flags: whether the state the step started from gave
+        non-finite outputs, and whether anything of the step (outputs, rewards, advantages,
+        loss, gradients, identity) is non-finite."""
+        checked = [v for k, v in metrics.items() if k not in NAN_AWARE_METRICS]
+        outputs_finite = torch.isfinite(metrics["entropy"]) & torch.isfinite(
+            metrics["entropy/sampled_neg_log_prob"]
+        )
+        all_finite = (
+            torch.isfinite(torch.stack([torch.as_tensor(v).to(self.device) for v in checked]))
+            .all()
+            .logical_and(torch.isfinite(stats.advantages).all())
+            .logical_and(torch.isfinite(identity).all())
+        )
+        metrics["guard/state_nonfinite"] = (~outputs_finite).double()
+        metrics["guard/nonfinite"] = (~all_finite).double()
 
     def fit(self, state: dict | None = None, progress: Callable | None = None) -> None:
         """The run loop: resume from ``state`` (a checkpoint) or evaluate and log step 0, train
@@ -923,14 +958,15 @@ class Trainer:
         predicted = predicted_entropy_change(before, after - before)  # (B, T)
         return masked_token_mean(actual, mask), masked_token_mean(predicted, mask)
 
-    def _histograms(self, batch: dict) -> None:
-        mask = batch["mask"]
-        lp = batch["old_log_probs"]
-        adv = batch["advantages"]
-        means = masked_token_mean(lp, mask), masked_token_mean(adv, mask)
-        covariance = token_covariance(lp, adv, *means)[mask]
+    def _histograms(self, stats: RolloutStats) -> None:
+        mask = stats.mask
+        means = (
+            masked_token_mean(stats.old_log_probs, mask),
+            masked_token_mean(stats.advantages, mask),
+        )
+        covariance = token_covariance(stats.old_log_probs, stats.advantages, *means)[mask]
         self.writer.add_histogram("covariance/token_covariance", covariance, self.step)
-        self.writer.add_histogram("entropy/per_state", batch["token_entropy"][mask], self.step)
+        self.writer.add_histogram("entropy/per_state", stats.token_entropy[mask], self.step)
 
     # ---- evaluation ----------------------------------------------------------------------
 

@@ -110,11 +110,8 @@ def _cache_key(
     task_spec: dict, model_config: GPTConfig, config: WarmStartConfig, seed: int, device
 ) -> str:
     """A hash of everything that changes the warm start's bytes: its inputs, the torch version
-    and where it ran (device type; on the CPU the thread count, which changes the order of
-    floating-point sums)."""
+    and the device type (on the CPU it always trains on one thread, see :func:`warm_start`)."""
     where = {"device": torch.device(device).type, "torch": torch.__version__}
-    if where["device"] == "cpu":
-        where["threads"] = torch.get_num_threads()
     blob = json.dumps(
         {"task": task_spec, "model": asdict(model_config), "warm": asdict(config), "seed": seed,
          **where},
@@ -192,6 +189,14 @@ def warm_start(
             torch.manual_seed(seed)
             model = GPT(model_config)
     model.to(device)
-    _train(task, model, config, seed, show_progress)
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        # One thread: the thread count changes the order of floating-point sums, and the
+        # cached bytes must not depend on which process (how many threads) made them.
+        torch.set_num_threads(1)
+    try:
+        _train(task, model, config, seed, show_progress)
+    finally:
+        torch.set_num_threads(threads)
     atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     return model.eval(), False
