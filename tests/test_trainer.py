@@ -91,3 +91,23 @@ def test_micro_batches_give_the_same_update():
 def test_bad_train_config_names_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**kwargs)
+
+
+def test_every_logged_key_is_in_the_metric_table():
+    from pathlib import Path
+
+    from toy_entropy.metrics_table import find_metric, glossary_markdown
+
+    keys = set()
+    modes = [
+        {"loss_mode": "clip_cov", "clip_cov_ratio": 0.05, "clip_cov_lb": -1.0},
+        {"loss_mode": "kl_cov", "kl_loss_coef": 0.01, "clip_ratio_high": 0.28},
+    ]
+    for mode in modes:
+        config = {**FAST, **mode, "total_steps": 1, "eval_every": 1}
+        trainer = Trainer(TrainConfig(**config), 0, "cpu")
+        keys |= set(trainer.train_step()) | set(trainer.initial_eval or trainer.evaluate())
+    assert not [key for key in sorted(keys) if find_metric(key) is None]
+    assert find_metric("no/such_metric") is None
+    glossary = Path(__file__).parents[1] / "docs" / "metrics.md"
+    assert glossary.read_text() == glossary_markdown()  # regenerate it when the table changes
