@@ -13,13 +13,12 @@ what the trainer does not log, without changing it; a spec's hooks are passed to
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -111,17 +110,14 @@ def train_run(spec: RunSpec, context: RunContext) -> RunResult:
     Logs the initial evaluation at step 0, every step's metrics, the hparams with the final
     metrics and the identity scatter, like ``training_runs.train_one_run``, plus hook metrics.
     With ``context.resume``, a finished run (its last checkpoint at ``total_steps``) is read
-    back from its checkpoint and metrics.jsonl, an unfinished one continues from its newest
+    back from its checkpoint, an unfinished one continues from its newest
     checkpoint, and one without a checkpoint starts over.
     """
     started = time.perf_counter()
     checkpoints = context.run_dir(spec.sub_run) / "checkpoints"
     state = resume_state(checkpoints, spec.config, required=False) if context.resume else None
-    logged: list[dict] = []  # rows of the steps before the checkpoint, from metrics.jsonl
-    if state is not None:
-        logged = _logged_rows(context.run_dir(spec.sub_run), state["step"])
-        if state["step"] >= spec.config.total_steps:
-            return _finished_result(spec, state, logged)
+    if state is not None and state["step"] >= spec.config.total_steps:
+        return _finished_result(spec, state)
     writer = context.writer(spec.sub_run, resume_from_step=state["step"] if state else None)
     trainer = Trainer(
         spec.config,
@@ -139,7 +135,7 @@ def train_run(spec: RunSpec, context: RunContext) -> RunResult:
     return RunResult(
         variant=spec.variant,
         seed=spec.seed,
-        rows=logged + [{"step": r.step, **r.metrics} for r in trainer.history],
+        rows=_rows(trainer.history),
         initial_eval=trainer.initial_eval,
         identity_points=list(trainer.identity_points),
         num_parameters=sum(p.numel() for p in trainer.model.parameters()),
@@ -147,26 +143,17 @@ def train_run(spec: RunSpec, context: RunContext) -> RunResult:
     )
 
 
-def _logged_rows(run_dir: Path, last_step: int) -> list[dict]:
-    """The metrics.jsonl rows of steps 1..``last_step`` (hook metrics included)."""
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line of a killed run
-            continue
-        if 1 <= row.get("step", 0) <= last_step:
-            rows.append({k: (float("nan") if v is None else v) for k, v in row.items()})
-    return rows
+def _rows(history) -> list[dict]:
+    """One dict per step (``step`` included) from ``Trainer.history`` (hook metrics included)."""
+    return [{"step": record.step, **record.metrics} for record in history]
 
 
-def _finished_result(spec: RunSpec, state: dict, rows: list[dict]) -> RunResult:
-    """The result of a run that finished before the sweep was interrupted."""
+def _finished_result(spec: RunSpec, state: dict) -> RunResult:
+    """The result of a run that finished before the sweep was interrupted (its checkpoint)."""
     return RunResult(
         variant=spec.variant,
         seed=spec.seed,
-        rows=rows,
+        rows=[{"step": step, **metrics} for step, metrics in state["history"]],
         initial_eval=dict(state["initial_eval"]),
         identity_points=list(state["identity_points"]),
         num_parameters=sum(v.numel() for v in state["model"].values()),
@@ -234,35 +221,47 @@ def run_sweep(specs: Sequence[RunSpec], context: RunContext, workers: int = 0) -
     pool_context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
     results: dict[str, RunResult] = {}
     pool = ProcessPoolExecutor(workers, mp_context=pool_context, initializer=_start_worker)
-    interrupts.forward_to(lambda: _worker_pids(pool))
+    pids: set[int] = set()  # every worker seen; the pool forgets them once shut down
+
+    def workers_seen() -> set[int]:
+        pids.update(_worker_pids(pool))
+        return pids
+
+    interrupts.forward_to(workers_seen)
+    submitted: list[Future] = []
     try:
         warm = {_warm_key(spec): spec for spec in specs}
-        warming = [pool.submit(_warm_in_worker, s.config, s.seed, device) for s in warm.values()]
-        for future in context.progress(as_completed(warming), len(warming), "warm starts"):
+        submitted += [pool.submit(_warm_in_worker, s.config, s.seed, device) for s in warm.values()]
+        for future in context.progress(as_completed(submitted), len(submitted), "warm starts"):
             future.result()
         interrupts.check()
         futures = {
             pool.submit(_train_in_worker, spec, str(context.out_dir), device, context.resume): spec
             for spec in specs
         }
+        submitted += futures
         total = sum(spec.config.total_steps for spec in specs)
         pending = set(futures)
         with context.progress_bar(total, desc=f"{len(specs)} runs, steps") as bar:
             while pending:
+                workers_seen()
                 done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                if interrupts.requested() is not None:
-                    pool.shutdown(wait=False, cancel_futures=True)
                 for future in done:
                     results[futures[future].sub_run] = future.result()
                 bar.update(_steps_logged(context.out_dir, specs) - bar.n)
     except KeyboardInterrupt:  # a second Ctrl-C: abort now, without checkpoints
-        _signal_workers(pool, signal.SIGKILL)
+        _signal_workers(workers_seen(), signal.SIGKILL)
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     except BaseException:
-        # Queued runs are dropped; the running ones finish their step and checkpoint it.
-        _signal_workers(pool, signal.SIGTERM)
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Queued runs are dropped; the running ones finish their step and checkpoint it, then
+        # the idle workers are ended without waiting for their interpreters to wind down.
+        _signal_workers(workers_seen(), signal.SIGTERM)
+        for future in submitted:
+            future.cancel()
+        wait([f for f in submitted if not f.cancelled()], timeout=300)
+        _signal_workers(pids, signal.SIGKILL)
+        pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
         interrupts.forward_to(None)
@@ -286,8 +285,8 @@ def _worker_pids(pool: ProcessPoolExecutor) -> list[int]:
     return [process.pid for process in (getattr(pool, "_processes", None) or {}).values()]
 
 
-def _signal_workers(pool: ProcessPoolExecutor, signum: int) -> None:
-    for pid in _worker_pids(pool):
+def _signal_workers(pids, signum: int) -> None:
+    for pid in pids:
         try:
             os.kill(pid, signum)
         except (ProcessLookupError, PermissionError):
