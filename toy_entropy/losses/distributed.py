@@ -111,7 +111,7 @@ def global_top_values(comm: Collectives, score: torch.Tensor, k: int) -> torch.T
 
 
 def top_values(values: torch.Tensor, k: int, block: int = 32) -> torch.Tensor:
-    """``values.topk(k).values`` of a 1-D tensor, faster when ``k`` is small (:func:`top_entries`)."""
+    """``values.topk(k).values`` of a 1-D tensor; fast for small ``k`` (:func:`top_entries`)."""
     return top_entries(values, k, block)[0]
 
 

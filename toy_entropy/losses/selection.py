@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from toy_entropy.losses import fused as fused_kernels
 from toy_entropy.losses.aggregation import AggregationNorm
 from toy_entropy.losses.checks import check_token_tensors
 from toy_entropy.losses.config import PolicyLossConfig
@@ -41,7 +42,6 @@ from toy_entropy.losses.diagnostics import (
     count_of_fraction,
     covariance_metrics,
 )
-from toy_entropy.losses import fused as fused_kernels
 from toy_entropy.losses.distributed import (
     Collectives,
     as_collectives,
