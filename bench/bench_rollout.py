@@ -1,4 +1,4 @@
-"""Rollout at length: the KV-cached sampler against one teacher-forced forward pass and the naive loop.
+"""Rollout at length: the KV-cached sampler against a teacher-forced forward and the naive loop.
 
 For each response length L it samples a batch of B responses of exactly L tokens (no EOS) to
 random prompts with ``GPT.generate`` (KV cache), and times in the same run, interleaved:
@@ -13,7 +13,7 @@ It prints median seconds and the ratios ``cached / forward`` and ``naive / cache
 has random weights (the time does not depend on them). On CUDA every call runs under
 ``torch.cuda.set_sync_debug_mode("error")``: the sampler makes no host read without EOS.
 
-    python bench/bench_rollout.py                                  # cpu-small, B = 64, L = 64, 256, 512
+    python bench/bench_rollout.py              # cpu-small, B = 64, L = 64, 256, 512
     python bench/bench_rollout.py --preset cpu-micro --batch 128 --threads 1
     python bench/bench_rollout.py --device cuda --preset gpu-10m --batch 256
 
