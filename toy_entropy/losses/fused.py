@@ -92,7 +92,8 @@ def clip_cov_bounds(config: PolicyLossConfig, dtype: torch.dtype, device: torch.
     ceiling = math.log1p(config.clip_ratio_high)
     ceiling = ceiling if ceiling < clamp else math.inf
     values = [config.clip_cov_lb, config.clip_cov_ub, floor, ceiling]
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    # Filled on the device: a host-to-device copy would synchronise on CUDA.
+    return torch.stack([torch.full((), v, dtype=dtype, device=device) for v in values])
 
 
 def clip_cov_scores(
