@@ -1,90 +1,157 @@
-"""Rollout and update throughput (tokens/s) of the CPU preset, against a naive sampling loop.
+"""Rollout at length: the KV-cached sampler against a teacher-forced forward and the naive loop.
 
-The naive loop runs a full forward pass over the whole sequence for every generated token (no
-KV cache); the cached sampler is ``GPT.generate``. Both are measured in this run, on the same
-prompts, and printed with their ratio. The update is one trainer optimiser step (scoring pass,
-selection, loss, backward, AdamW) over the same batch.
+For each response length L it samples a batch of B responses of exactly L tokens (no EOS) to
+random prompts with ``GPT.generate`` (KV cache), and times in the same run, interleaved:
 
-    python bench/bench_rollout.py [--task reverse] [--preset cpu-nano] [--batch 128] [--repeats 5]
+- ``forward``: one teacher-forced forward pass of the same model over the same (B, Lp + L)
+  tokens, no grad: the floor for sampling, which needs the same logits one column at a time;
+- ``naive``: ``GPT.generate_naive``, a full forward pass over the whole sequence per token
+  (no cache), only up to ``--naive-max`` tokens and ``--naive-repeats`` times (its cost
+  grows as L^2: minutes at L = 256 on a CPU).
+
+It prints median seconds and the ratios ``cached / forward`` and ``naive / cached``. The model
+has random weights (the time does not depend on them). On CUDA every call runs under
+``torch.cuda.set_sync_debug_mode("error")``: the sampler makes no host read without EOS.
+
+    python bench/bench_rollout.py              # cpu-small, B = 64, L = 64, 256, 512
+    python bench/bench_rollout.py --preset cpu-micro --batch 128 --threads 1
+    python bench/bench_rollout.py --device cuda --preset gpu-10m --batch 256
+
+Targets (issue #12): cached <= 3x the teacher-forced forward, and >= 10x faster than the naive
+loop at 256-token responses.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import statistics
+import sys
 import time
+from collections.abc import Callable
 
 import torch
 
-from envs.sequence import make_task
 from toy_entropy.model import GPT, GPTConfig
-from toy_entropy.trainer import TrainConfig, Trainer
 
 
-def _best_of(repeats: int, fn) -> float:
-    """Smallest wall time of ``repeats`` calls, in seconds."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
+@contextlib.contextmanager
+def no_host_sync(device: torch.device):
+    """CUDA: any host synchronisation inside raises (sync-debug "error"); CPU: nothing."""
+    if device.type != "cuda":
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
-def main() -> None:
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call (CUDA: between events, synchronised after the sync-free region)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with no_host_sync(device):
+            start.record()
+            fn()
+            end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def rollout_calls(
+    model: GPT, batch: int, prompt_length: int, length: int, device: torch.device
+) -> dict[str, Callable[[], object]]:
+    """The three ways of producing the logits of ``batch`` responses of ``length`` tokens."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    vocab = model.config.vocab_size
+    prompts = torch.randint(1, vocab, (batch, prompt_length), generator=gen, device=device)
+    full = torch.randint(1, vocab, (batch, prompt_length + length), generator=gen, device=device)
+    uniforms = torch.rand(batch, length, generator=gen, device=device)  # (B, L)
+
+    def sample(method: Callable) -> Callable[[], object]:
+        return lambda: method(prompts, length, eos_id=None, pad_id=0, uniforms=uniforms)
+
+    return {
+        "forward": lambda: model(full),
+        "cached": sample(model.generate),
+        "naive": sample(model.generate_naive),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="reverse")
-    parser.add_argument("--preset", default="cpu-nano")
-    parser.add_argument("--batch", type=int, default=128, help="responses per rollout")
+    parser.add_argument("--preset", default="cpu-small", help="toy_entropy.model.PRESETS name")
+    parser.add_argument("--batch", type=int, default=64, help="responses per rollout (B)")
+    parser.add_argument("--prompt-length", type=int, default=16)
+    parser.add_argument("--lengths", default="64,256,512", help="response lengths L")
+    parser.add_argument("--naive-max", type=int, default=256, help="longest L for the naive loop")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--naive-repeats", type=int, default=1, help="timed naive calls (no warm-up; minutes)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", default=None, help="also append the table (Markdown) here")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: CUDA is not available", file=sys.stderr)
+        return 2
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lengths = [int(x) for x in args.lengths.split(",")]
     torch.manual_seed(0)
-    task = make_task(args.task)
-    length = task.max_response_length
-    config = GPTConfig.from_preset(
-        args.preset, vocab_size=task.vocab.size, block_size=task.prompt_length + length
-    )
+    config = GPTConfig.from_preset(args.preset, block_size=args.prompt_length + max(lengths))
     model = GPT(config).to(device).eval()
-    prompts = task.sample_prompts(args.batch, "train", 0, device=device).tokens
-    vocab = task.vocab
 
-    def sample(method):
-        def run():
-            generator = torch.Generator(device=device).manual_seed(0)
-            with torch.no_grad():
-                method(prompts, length, eos_id=None, pad_id=vocab.pad_id, generator=generator)
+    header = "| L | tokens | forward s | cached s | naive s | cached x forward | naive / cached |"
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    print(*lines, sep="\n", flush=True)
+    for length in lengths:
+        calls = rollout_calls(model, args.batch, args.prompt_length, length, device)
+        if length > args.naive_max:
+            del calls["naive"]
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        with torch.no_grad():
+            for name, call in calls.items():  # warm-up; the naive loop warms up on its own
+                if name != "naive":
+                    call()
+            for repeat in range(args.repeats):
+                for name, call in calls.items():
+                    if name != "naive" or repeat < args.naive_repeats:
+                        times[name].append(timed(call, device))
+        s = {name: statistics.median(values) for name, values in times.items()}
+        naive = f"{s['naive']:.3f}" if "naive" in s else "-"
+        speedup = f"{s['naive'] / s['cached']:.1f}x" if "naive" in s else "-"
+        line = (
+            f"| {length} | {args.batch * length} | {s['forward']:.4f} | {s['cached']:.3f} | "
+            f"{naive} | {s['cached'] / s['forward']:.2f}x | {speedup} |"
+        )
+        lines.append(line)
+        print(line, flush=True)
 
-        return run
-
-    tokens = args.batch * length  # eos_id=None: every row generates the full length
-    cached = _best_of(args.repeats, sample(model.generate))
-    naive = _best_of(args.repeats, sample(model.generate_naive))
-
-    train = TrainConfig(
-        task=args.task,
-        model_preset=args.preset,
-        warmstart_steps=0,
-        num_prompts=args.batch // 8,
-        num_generations=8,
-        eval_prompts=8,
-        probe_states=8,
+    threads = torch.get_num_threads()
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {threads} threads"
+    syncs = ", sync_debug_mode=error" if device.type == "cuda" else ""
+    note = (
+        f"{datetime.date.today()}, torch {torch.__version__}, {where}{syncs}; preset "
+        f"{args.preset} ({model.num_parameters():,} parameters), B = {args.batch}, prompt "
+        f"{args.prompt_length} tokens; median of {args.repeats} interleaved repeats "
+        f"(naive: {args.naive_repeats})."
     )
-    trainer = Trainer(train, seed=0, device=device)
-    batch = trainer.rollout()
-    rows = torch.arange(args.batch, device=device)
-    update_tokens = float(batch.mask.sum())
-    update = _best_of(args.repeats, lambda: trainer._optimise(batch, rows))
-
-    print(
-        f"task={args.task} preset={args.preset} params={model.num_parameters():,} "
-        f"batch={args.batch} response_length={length} device={device}"
-    )
-    print(f"{'what':<28}{'tokens/s':>12}{'ratio':>10}")
-    print(f"{'rollout, naive (baseline)':<28}{tokens / naive:>12,.0f}{1.0:>10.2f}")
-    print(f"{'rollout, KV cache':<28}{tokens / cached:>12,.0f}{naive / cached:>10.2f}")
-    print(f"{'update (1 optimiser step)':<28}{update_tokens / update:>12,.0f}{'':>10}")
+    print(note)
+    if args.out:
+        command = "python bench/bench_rollout.py " + " ".join(argv or sys.argv[1:])
+        with open(args.out, "a") as f:
+            f.write(f"\n`{command.strip()}`  \n{note}\n\n" + "\n".join(lines) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

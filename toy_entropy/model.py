@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
+    "EOS_CHECK_EVERY",
     "GPTConfig",
     "PRESETS",
     "KVCache",
@@ -97,6 +98,12 @@ PRESETS: dict[str, dict[str, int]] = {
     "gpu-100m": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=16384, block_size=1024),
 }
 """Named model sizes for :meth:`GPTConfig.from_preset`."""
+
+
+EOS_CHECK_EVERY = 16
+"""On accelerators, sampling checks whether every row has emitted EOS (a host read, which
+stalls the device queue) once per this many tokens; on CPU after every token. Without an EOS
+token it never checks, so sampling makes no host read."""
 
 
 class KVCache:
@@ -428,7 +435,12 @@ class GPT(nn.Module):
             log_probs[:, t] = torch.where(alive, next_log_probs, 0.0)
             if eos_id is not None:
                 finished = finished | (alive & (next_tokens == eos_id))
-            if t + 1 == max_new_tokens or bool(finished.all()):
+            if t + 1 == max_new_tokens:
+                break
+            # Stop early once every row has ended: a host read, free on CPU; on accelerators
+            # made every EOS_CHECK_EVERY tokens only, and never without an EOS token.
+            check = device.type == "cpu" or (t + 1) % EOS_CHECK_EVERY == 0
+            if eos_id is not None and check and bool(finished.all()):
                 break
             if use_cache:
                 logits = self(responses[:, t : t + 1], response_mask[:, t : t + 1], cache)[:, -1]

@@ -20,6 +20,7 @@ __all__ = [
     "as_collectives",
     "global_row_sum",
     "global_top_values",
+    "top_entries",
     "top_values",
 ]
 
@@ -109,19 +110,39 @@ def global_top_values(comm: Collectives, score: torch.Tensor, k: int) -> torch.T
     return gathered.topk(k).values
 
 
-def top_values(values: torch.Tensor, k: int, block: int = 32) -> torch.Tensor:
-    """``values.topk(k).values`` of a 1-D tensor, faster when ``k`` is small.
+def top_values(values: torch.Tensor, k: int, block: int | None = None) -> torch.Tensor:
+    """``values.topk(k).values`` of a 1-D tensor; fast for small ``k`` (:func:`top_entries`)."""
+    return top_entries(values, k, block)[0]
+
+
+def top_entries(
+    values: torch.Tensor, k: int, block: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of a 1-D tensor and their indices, like ``values.topk(k)``.
 
     The k largest values lie in the k blocks (of ``block`` consecutive entries) with the
     largest maxima: were the j-th largest value (j <= k) in another block, the k chosen
     blocks would hold k maxima >= it besides the value itself, k + 1 values >= the j-th
     largest. So a top-k over the block maxima and a top-k over the k chosen blocks replace
-    one top-k over all entries. Shapes stay static.
+    one top-k over all entries. Shapes stay static. Among equal values, which indices are
+    returned is unspecified (as for ``topk``). ``block`` None picks the largest of 128, 64,
+    32 whose pool of ``k * block`` entries is at most 1/8 of the values (long blocks make the
+    block maxima cheap; a small pool keeps the second top-k cheap).
+
+    Returns:
+        ``(k,)`` values in descending order and ``(k,)`` int64 indices into ``values``.
     """
+    if block is None:
+        block = next((b for b in (128, 64) if 8 * k * b <= values.numel()), 32)
     n_blocks = values.numel() // block
     if n_blocks <= 2 * k:
-        return values.topk(k).values
+        top = values.topk(k)
+        return top.values, top.indices
     body = values[: n_blocks * block].view(n_blocks, block)  # (n_blocks, block)
     best = body.amax(dim=1).topk(k).indices  # (k,)
+    offsets = torch.arange(block, device=values.device)
+    tail = torch.arange(n_blocks * block, values.numel(), device=values.device)
+    pool_index = torch.cat([(best[:, None] * block + offsets).reshape(-1), tail])  # (k*block+r,)
     pool = torch.cat([body.index_select(0, best).reshape(-1), values[n_blocks * block :]])
-    return pool.topk(k).values
+    top = pool.topk(k)
+    return top.values, pool_index.gather(0, top.indices)

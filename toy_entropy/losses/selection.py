@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from toy_entropy.losses import fused as fused_kernels
 from toy_entropy.losses.aggregation import AggregationNorm, zero_invalid
 from toy_entropy.losses.checks import check_token_tensors
 from toy_entropy.losses.config import PolicyLossConfig
@@ -46,6 +47,7 @@ from toy_entropy.losses.distributed import (
     as_collectives,
     global_row_sum,
     global_top_values,
+    top_entries,
 )
 from toy_entropy.losses.ratio import ratio_terms
 
@@ -81,8 +83,10 @@ class _BatchView:
     old_log_probs: torch.Tensor  # (B, T)
     advantages: torch.Tensor  # (B, T)
     valid: torch.Tensor  # (B, T) bool
-    cov: torch.Tensor  # (B, T) per-token covariance with global means, raw at invalid
-    work: torch.Tensor  # (B, T) scratch buffer, same dtype as cov
+    log_prob_mean: torch.Tensor  # () float64 global mean of the valid log-probs
+    advantage_mean: torch.Tensor  # () float64 global mean of the valid advantages
+    cov: torch.Tensor | None  # (B, T) per-token covariance, raw at invalid; None if not needed
+    work: torch.Tensor  # (B, T) float; KL-Cov: a scratch buffer; Clip-Cov: the 0/1 mask weights
     n_tokens: torch.Tensor  # () float64 global valid-token count
     comm: Collectives
     generator: torch.Generator | None
@@ -188,34 +192,46 @@ def _select_top(
 
 def _select_clip_cov(view: _BatchView) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clip-Cov: ``max(1, floor(clip_cov_ratio * N))`` uniform random tokens among the valid,
-    not PPO-clipped tokens with ``clip_cov_lb < cov < clip_cov_ub``."""
-    config, comm, cov, work = view.config, view.comm, view.cov, view.work
-    candidates = cov > config.clip_cov_lb  # (B, T)
-    condition = torch.lt(cov, config.clip_cov_ub, out=torch.empty_like(candidates))
-    candidates &= condition
-    candidates &= view.valid
-    # Not clipped by PPO: pg2 <= pg1 of ratio_terms(); pg = -A * x and negation is exact, so
-    # that is A * clamp(r) >= A * r. Computed in the two buffers (cov is no longer needed).
-    ratio = torch.sub(view.log_probs, view.old_log_probs, out=work)  # (B, T)
-    ratio.clamp_(-config.log_ratio_clamp, config.log_ratio_clamp).exp_()
-    low, high = 1.0 - config.clip_ratio_low, 1.0 + config.clip_ratio_high
-    clamped = torch.clamp(ratio, low, high, out=cov).mul_(view.advantages)
-    candidates &= torch.ge(clamped, ratio.mul_(view.advantages), out=condition)
-    # Random keys (integers in [0, 2^mantissa], as floats), one per position of the *global*
-    # batch, from the caller's generator: every rank draws the same tensor and keeps its
-    # rows, so the sample does not depend on the split. The n largest keys among the
-    # candidates are a uniform sample without replacement (equal keys, probability about
-    # C / 2^24 in float32, go to the lower index).
-    rows, length = candidates.shape
-    keys = work
-    if comm.world_size > 1:
-        keys = torch.empty((comm.world_size * rows, length), dtype=work.dtype, device=work.device)
-    keys = keys.random_(generator=view.generator)[comm.rank * rows : (comm.rank + 1) * rows]
-    score = keys.mul_(cov.copy_(candidates))  # (B, T); sentinel 0 <= every candidate's key
+    not PPO-clipped tokens with ``clip_cov_lb < cov < clip_cov_ub``.
+
+    One fused pass (:func:`~toy_entropy.losses.fused.clip_cov_scores`) gives every candidate
+    a unique random score and every other token -1; the sample is the n largest scores, found
+    with a top-k over this rank's tokens and a top-k over the gathered candidates, and marked
+    by a scatter of k entries. Scores are unique, so no tie handling is needed.
+    """
+    config, comm, lp = view.config, view.comm, view.log_probs
+    rows, length = lp.shape
+    first_row = comm.rank * rows
+    if comm.world_size * lp.numel() > fused_kernels.MAX_POSITIONS:
+        raise ValueError(
+            f"select_tokens: Clip-Cov supports up to 2^31 tokens per optimisation batch, got "
+            f"{comm.world_size} x {rows} x {length}"
+        )
+    dtype = torch.promote_types(lp.dtype, torch.float32)  # as the covariance buffer's
+    scores = fused_kernels.fused(
+        fused_kernels.clip_cov_scores, comm.world_size * lp.numel(), lp.device
+    )(
+        lp.to(dtype),
+        view.old_log_probs.to(dtype),
+        view.advantages.to(dtype),
+        view.work,  # the 0/1 weights: a float mask is much faster than bool in compiled code
+        view.log_prob_mean.to(dtype),
+        view.advantage_mean.to(dtype),
+        fused_kernels.clip_cov_bounds(config, dtype, lp.device),
+        fused_kernels.draw_seeds(view.generator, lp.device),
+        first_row * length,
+    ).view(-1)  # (B * T,) int32, -1 = not a candidate
     n = count_of_fraction(config.clip_cov_ratio, view.n_tokens)
-    k = max(1, int(config.clip_cov_ratio * comm.world_size * candidates.numel()))
-    selected, n_selected = _select_top(comm, score, candidates, n, k, scratch=cov)
-    return selected, {"select/frac": n_selected / view.n_tokens}
+    k = max(1, int(config.clip_cov_ratio * comm.world_size * scores.numel()))
+    local_top, local_index = top_entries(scores, min(k, scores.numel()))  # (k_local,)
+    # Each rank's top k_local holds all of its entries among the global top k.
+    top = comm.all_gather(local_top).reshape(-1).topk(k).values  # (k,) the same on every rank
+    # The n-th largest score; a sentinel (fewer than n candidates) means all candidates.
+    threshold = top.gather(0, (n - 1).reshape(1)).clamp(min=0)  # (1,)
+    selected = torch.zeros_like(view.valid).view(-1)  # (B * T,)
+    selected.scatter_(0, local_index, local_top >= threshold)
+    n_selected = (top >= threshold).sum()
+    return selected.view(rows, length), {"select/frac": n_selected / view.n_tokens}
 
 
 def _select_kl_cov(view: _BatchView) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -234,6 +250,8 @@ def _select_kl_cov(view: _BatchView) -> tuple[torch.Tensor, dict[str, torch.Tens
 
 SELECTORS: dict[str, Selector] = {"clip_cov": _select_clip_cov, "kl_cov": _select_kl_cov}
 """Loss modes that select tokens; every other mode selects none."""
+COV_SELECTORS = frozenset({"kl_cov"})
+"""Selectors that read the per-token covariance buffer (Clip-Cov computes it in its fused pass)."""
 
 
 @torch.no_grad()
@@ -311,8 +329,11 @@ def select_tokens(
         return TokenSelection(selected=torch.zeros_like(valid), norm=norm, metrics={})
 
     lp_mean, adv_mean = totals[2] / norm.n_tokens, totals[3] / norm.n_tokens
-    # The weights are no longer needed: their buffer takes the centred advantages.
-    cov = token_covariance(lp, advantages, lp_mean, adv_mean, out=work, scratch=weights)
+    cov = None
+    if cov_stats or config.loss_mode in COV_SELECTORS:
+        # Unless Clip-Cov reads them, the weights' buffer takes the centred advantages.
+        scratch = None if config.loss_mode == "clip_cov" else weights
+        cov = token_covariance(lp, advantages, lp_mean, adv_mean, out=work, scratch=scratch)
     metrics: dict[str, torch.Tensor] = {}
     if cov_stats:  # before the selector, which may overwrite cov
         ratio = ratio_terms(lp, old_log_probs, advantages, config).ratio
@@ -327,6 +348,8 @@ def select_tokens(
         old_log_probs=old_log_probs,
         advantages=advantages,
         valid=valid,
+        log_prob_mean=lp_mean,
+        advantage_mean=adv_mean,
         cov=cov,
         work=weights,
         n_tokens=norm.n_tokens,
