@@ -466,7 +466,7 @@ def part_cure(ctx: Context) -> dict:
     # What `toy-entropy list` prints, from this checkout (not an installed copy).
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from experiments import list_experiments
+    from toy_entropy.experiments import list_experiments
 
     ctx.commands.append("toy-entropy list (experiments.list_experiments, in-process)")
     names = [spec.name for spec in list_experiments()]
@@ -475,7 +475,15 @@ def part_cure(ctx: Context) -> dict:
     if ctx.tiny:
         raise PartSkipped("cure is listed, but --tiny does not run it (--quick takes minutes)")
     out = ctx.workdir / "cure"
-    command = [sys.executable, "-m", "toy_entropy.cli", "run", "cure", "--quick", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "toy_entropy.experiments.cli",
+        "run",
+        "cure",
+        "--quick",
+        "--quiet",
+    ]
     run_command(ctx, [*command, "--device", ctx.args.device, "--out", str(out)])
     summaries = sorted(out.rglob("summary.json"))
     nonfinite = 0

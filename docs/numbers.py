@@ -57,7 +57,16 @@ def sanity_row(numbers: dict) -> str:
 
 def _run(name: str, out: Path) -> tuple[dict, float]:
     started = time.perf_counter()
-    command = [sys.executable, "-m", "toy_entropy.cli", "run", name, "--out", str(out), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "toy_entropy.experiments.cli",
+        "run",
+        name,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     return json.loads((out / "summary.json").read_text())["headline"], seconds

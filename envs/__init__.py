@@ -4,7 +4,7 @@ Importing this package registers every id; ``gymnasium.make("ToyEntropy/Bandit-v
 works (Gymnasium also imports ``envs`` by itself through the ``module:`` prefix).
 """
 
-from envs.registration import NAMESPACE, register_all, registered_ids
+from toy_entropy.envs.registration import NAMESPACE, register_all, registered_ids
 
 register_all()
 

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.bandit_problem import BanditProblem, make_bandit_problem
+from toy_entropy.envs.bandit_problem import BanditProblem, make_bandit_problem
 
 __all__ = ["BanditEnv", "ContextualBanditEnv", "check_discrete_action"]
 

@@ -17,7 +17,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.bandit_problem import make_bandit_problem
+from toy_entropy.envs.bandit_problem import make_bandit_problem
 
 __all__ = ["ContextualBanditVectorEnv", "BanditVectorEnv", "check_batched_actions"]
 

@@ -20,15 +20,15 @@ def register_all() -> None:
     """Register the bandit and sequence-generation ids (idempotent)."""
     _register(
         "Bandit-v0",
-        entry_point="envs.bandit:BanditEnv",
-        vector_entry_point="envs.bandit_vector:BanditVectorEnv",
+        entry_point="toy_entropy.envs.bandit:BanditEnv",
+        vector_entry_point="toy_entropy.envs.bandit_vector:BanditVectorEnv",
     )
     _register(
         "ContextualBandit-v0",
-        entry_point="envs.bandit:ContextualBanditEnv",
-        vector_entry_point="envs.bandit_vector:ContextualBanditVectorEnv",
+        entry_point="toy_entropy.envs.bandit:ContextualBanditEnv",
+        vector_entry_point="toy_entropy.envs.bandit_vector:ContextualBanditVectorEnv",
     )
-    from envs.sequence import register_sequence_envs
+    from toy_entropy.envs.sequence import register_sequence_envs
 
     register_sequence_envs(_register)
 

@@ -18,7 +18,7 @@ __all__ = list(_REGISTRY_NAMES)
 
 def __getattr__(name: str):
     if name in _REGISTRY_NAMES:
-        from experiments import registry
+        from toy_entropy.experiments import registry
 
         return getattr(registry, name)
     raise AttributeError(f"module 'experiments' has no attribute {name!r}")

@@ -18,14 +18,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import envs  # noqa: F401  (registers the ToyEntropy ids)
-from experiments.bandit_priors import prior_problem
-from experiments.registry import ExperimentResult, RunContext, experiment
+import toy_entropy.envs  # noqa: F401  (registers the ToyEntropy ids)
 from toy_entropy import interrupts
 from toy_entropy.advantages import compute_advantages
 from toy_entropy.claims import Claim, greater_than, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.entropy import entropy_from_logits
+from toy_entropy.experiments.bandit_priors import prior_problem
+from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.plots import band_plot, plt
 from toy_entropy.tabular import (

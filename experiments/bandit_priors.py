@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.bandit_problem import BanditProblem, make_bandit_problem
+from toy_entropy.envs.bandit_problem import BanditProblem, make_bandit_problem
 
 __all__ = ["PRIOR_NAMES", "prior_problem"]
 

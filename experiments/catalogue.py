@@ -14,15 +14,15 @@ from pathlib import Path
 __all__ = ["EXPERIMENT_MODULES", "catalogue"]
 
 EXPERIMENT_MODULES = (
-    "experiments.identity",
-    "experiments.bandit_collapse",
-    "experiments.sanity",
-    "experiments.collapse",
-    "experiments.methods",
-    "experiments.law",
-    "experiments.clip_higher_cov",
-    "experiments.identity_granularity",
-    "experiments.entropy_targets",
+    "toy_entropy.experiments.identity",
+    "toy_entropy.experiments.bandit_collapse",
+    "toy_entropy.experiments.sanity",
+    "toy_entropy.experiments.collapse",
+    "toy_entropy.experiments.methods",
+    "toy_entropy.experiments.law",
+    "toy_entropy.experiments.clip_higher_cov",
+    "toy_entropy.experiments.identity_granularity",
+    "toy_entropy.experiments.entropy_targets",
 )
 """Modules that define experiments (each with one or more ``@experiment`` functions)."""
 

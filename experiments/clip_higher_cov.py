@@ -20,12 +20,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments.probes import ClipHigherAdmitted
-from experiments.registry import ExperimentResult, RunContext, experiment
-from experiments.sweeps import RunResult, RunSpec, group_by_variant, log_seed_bands, run_sweep
 from toy_entropy.claims import less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import finite_mean
+from toy_entropy.experiments.probes import ClipHigherAdmitted
+from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
+from toy_entropy.experiments.sweeps import (
+    RunResult,
+    RunSpec,
+    group_by_variant,
+    log_seed_bands,
+    run_sweep,
+)
 from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.trainer import TrainConfig
 
@@ -62,7 +68,7 @@ class ClipHigherCovConfig:
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
-        from envs.sequence import TASKS
+        from toy_entropy.envs.sequence import TASKS
 
         if not self.tasks:
             raise ValueError("tasks=() is invalid: expected at least one task")

@@ -24,20 +24,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from experiments.bandit_collapse import (
+from toy_entropy.claims import Claim, between, greater_than
+from toy_entropy.config import check_choice, check_positive_int, check_range
+from toy_entropy.curve_stats import finite_mean, fraction_positive, share_of_change
+from toy_entropy.entropy import predicted_entropy_change
+from toy_entropy.experiments.bandit_collapse import (
     BanditCollapseConfig,
     curves,
     expected_trajectory,
     sampled_run,
 )
-from experiments.bandit_priors import prior_problem
-from experiments.probes import ACCURACY_BUCKETS, covariance_by_accuracy
-from experiments.registry import ExperimentResult, RunContext, experiment
-from experiments.sweeps import RunSpec, group_by_variant, log_seed_bands, run_sweep
-from toy_entropy.claims import Claim, between, greater_than
-from toy_entropy.config import check_choice, check_positive_int, check_range
-from toy_entropy.curve_stats import finite_mean, fraction_positive, share_of_change
-from toy_entropy.entropy import predicted_entropy_change
+from toy_entropy.experiments.bandit_priors import prior_problem
+from toy_entropy.experiments.probes import ACCURACY_BUCKETS, covariance_by_accuracy
+from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
+from toy_entropy.experiments.sweeps import RunSpec, group_by_variant, log_seed_bands, run_sweep
 from toy_entropy.report import SubRun, figure_curves
 from toy_entropy.trainer import TrainConfig
 
@@ -87,7 +87,7 @@ class CollapseConfig:
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
-        from envs.sequence import TASKS
+        from toy_entropy.envs.sequence import TASKS
 
         if len(self.tasks) < 1:
             raise ValueError("tasks=() is invalid: expected at least one sequence task")

@@ -2,7 +2,7 @@
 
 Beyond the paper, which leaves open what the right entropy level is. Clip-Cov and KL-Cov have a
 knob, the fraction of tokens they act on, that sets how much of the collapse-driving covariance
-they remove (THEORY.md sections 3-5): more tokens, higher entropy. :class:`EntropyController`
+they remove (docs/THEORY.md sections 3-5): more tokens, higher entropy. :class:`EntropyController`
 turns the knob every rollout to hold a target entropy, then a sweep of targets shows what each
 level costs or buys in held-out accuracy, next to GRPO without control.
 
@@ -24,13 +24,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from experiments.methods import CLIP_COV_PPO
-from experiments.registry import ExperimentResult, RunContext, experiment
-from experiments.sweeps import RunSpec, group_by_variant, log_seed_bands, run_sweep
 from toy_entropy.claims import Claim, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import rank_correlation
 from toy_entropy.entropy import masked_response_mean
+from toy_entropy.experiments.methods import CLIP_COV_PPO
+from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
+from toy_entropy.experiments.sweeps import RunSpec, group_by_variant, log_seed_bands, run_sweep
 from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.rollout import Rollout
 from toy_entropy.trainer import TrainConfig
@@ -126,7 +126,7 @@ class EntropyTargetsConfig:
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
-        from envs.sequence import TASKS
+        from toy_entropy.envs.sequence import TASKS
 
         check_choice("task", self.task, sorted(TASKS))
         if not self.targets:

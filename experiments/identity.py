@@ -2,7 +2,7 @@
 
 For each prior and update rule (vanilla PG, natural PG) and a log grid of step sizes eta, the
 tabular softmax policy takes one *expected* update; the exact entropy change is compared with
-the first-order prediction of THEORY.md section 3. The relative error must fall linearly with
+the first-order prediction of docs/THEORY.md section 3. The relative error must fall linearly with
 eta (slope ~1 on log-log axes) and be below 1% at eta = 1e-3.
 """
 
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from experiments.bandit_priors import PRIOR_NAMES, prior_problem
-from experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy import interrupts
 from toy_entropy.claims import between, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.entropy import entropy_from_logits, predicted_entropy_change
+from toy_entropy.experiments.bandit_priors import PRIOR_NAMES, prior_problem
+from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.plots import loglog_error_plot, plt, scatter_identity
 from toy_entropy.tabular import UPDATE_RULES, expected_logit_update
 

@@ -1,7 +1,7 @@
 """identity: which covariance predicts the entropy change of an optimiser step?
 
-THEORY.md section 3: for a softmax policy, ``dH = -Cov_{a~pi}(log pi(a), dz_a)`` to first order,
-per state. The paper uses three granularities of this covariance; here all three are computed
+docs/THEORY.md section 3: for a softmax policy, ``dH = -Cov_{a~pi}(log pi(a), dz_a)`` to first
+order, per state. The paper uses three granularities of this covariance; here all three are computed
 next to the true entropy change of every optimiser step:
 
 (i)   the exact per-state covariance with the measured logit change dz, weighted by the state
@@ -35,14 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from experiments.probes import granularity_covariances, sequence_covariance
-from experiments.registry import ExperimentResult, RunContext, experiment
-from experiments.sweeps import RunSpec, group_by_variant, run_sweep
 from toy_entropy.advantages import compute_advantages
 from toy_entropy.claims import Claim, greater_than, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import agreement
 from toy_entropy.entropy import masked_token_mean
+from toy_entropy.experiments.probes import granularity_covariances, sequence_covariance
+from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
+from toy_entropy.experiments.sweeps import RunSpec, group_by_variant, run_sweep
 from toy_entropy.losses import PolicyLossConfig, policy_loss
 from toy_entropy.prefix_policy import PrefixPolicy
 from toy_entropy.report import SubRun, figure_identity, markdown_table
@@ -93,7 +93,7 @@ class IdentityConfig:
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
-        from envs.sequence import TASKS
+        from toy_entropy.envs.sequence import TASKS
 
         for name in ("prefix_prompts", "prefix_steps", "num_seeds", "total_steps", "num_prompts"):
             check_positive_int(name, getattr(self, name))

@@ -21,12 +21,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from experiments.methods import CLIP_COV_PPO
-from experiments.registry import ExperimentResult, RunContext, experiment
-from experiments.sweeps import RunResult, RunSpec, group_by_variant, log_seed_bands, run_sweep
 from toy_entropy.claims import Claim, greater_than, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import moving_average
+from toy_entropy.experiments.methods import CLIP_COV_PPO
+from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
+from toy_entropy.experiments.sweeps import (
+    RunResult,
+    RunSpec,
+    group_by_variant,
+    log_seed_bands,
+    run_sweep,
+)
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.model import PRESETS
 from toy_entropy.report import SubRun, figure_law, markdown_table
@@ -74,7 +80,7 @@ class LawConfig:
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
-        from envs.sequence import TASKS
+        from toy_entropy.envs.sequence import TASKS
 
         check_choice("task", self.task, sorted(TASKS))
         if not self.estimators or not self.model_presets:

@@ -20,7 +20,7 @@ measured (``select/frac``) and reported next to the paper's 1e-4..1e-3.
 
 Measured per method (mean +/- std over seeds): final and best held-out greedy accuracy, mean@k
 and pass@k, entropy at the end, the fraction of tokens touched, and the spread across seeds.
-The claims test the paper's qualitative statements (THEORY.md section 7, items 3-5).
+The claims test the paper's qualitative statements (docs/THEORY.md section 7, items 3-5).
 """
 
 from __future__ import annotations
@@ -29,11 +29,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from experiments.registry import ExperimentResult, RunContext, experiment
-from experiments.sweeps import RunResult, RunSpec, group_by_variant, log_seed_bands, run_sweep
 from toy_entropy.claims import Claim, between, greater_than, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import finite_mean, rank_correlation
+from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
+from toy_entropy.experiments.sweeps import (
+    RunResult,
+    RunSpec,
+    group_by_variant,
+    log_seed_bands,
+    run_sweep,
+)
 from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.trainer import TrainConfig
 
@@ -95,7 +101,7 @@ class MethodsConfig:
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
-        from envs.sequence import TASKS
+        from toy_entropy.envs.sequence import TASKS
 
         check_choice("task", self.task, sorted(TASKS))
         if not self.methods:

@@ -4,7 +4,7 @@
   group's accuracy (hard / medium / easy prompts), the paper's "covariance by difficulty";
 - :func:`sequence_covariance` and :func:`token_covariance_mean`: the per-prompt sequence-level
   covariance of Theorem 1 as the paper plotted it, and the batch token covariance the
-  algorithms use (THEORY.md sections 3-4); :func:`granularity_covariances` logs both;
+  algorithms use (docs/THEORY.md sections 3-4); :func:`granularity_covariances` logs both;
 - :class:`ClipHigherAdmitted`, an update probe: at every optimiser step, the covariance of the
   tokens that clip-higher admits beyond the symmetric clip (the paper: about -0.03).
 

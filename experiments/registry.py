@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from experiments.catalogue import EXPERIMENT_MODULES
 from toy_entropy.claims import Claim
+from toy_entropy.experiments.catalogue import EXPERIMENT_MODULES
 from toy_entropy.runlog import RunWriter
 
 __all__ = [

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments.registry import ExperimentResult, RunContext, experiment
-from experiments.training_runs import identity_summary, law_summary, train_one_run
 from toy_entropy.claims import greater_than, less_than
+from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
+from toy_entropy.experiments.training_runs import identity_summary, law_summary, train_one_run
 from toy_entropy.trainer import TrainConfig
 
 

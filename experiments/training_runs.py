@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.registry import RunContext
 from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.config import config_to_dict
+from toy_entropy.experiments.registry import RunContext
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.plots import plt, scatter_identity
 from toy_entropy.runlog import RunWriter

@@ -8,8 +8,8 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import envs
-from envs.bandit_problem import make_bandit_problem
+from toy_entropy import envs
+from toy_entropy.envs.bandit_problem import make_bandit_problem
 
 BANDIT_IDS = [i for i in envs.registered_ids() if "Bandit" in i]
 

@@ -1,4 +1,4 @@
-"""The toy-entropy CLI and the run directories it writes (shared/OUTPUTS.md)."""
+"""The toy-entropy CLI and the run directories it writes (docs/OUTPUTS.md)."""
 
 import json
 import subprocess
@@ -8,7 +8,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import toy_entropy
-from toy_entropy.cli import main
+from toy_entropy.experiments.cli import main
 
 
 def test_list_names_every_experiment_with_a_description(capsys):
@@ -92,12 +92,12 @@ def test_bandit_collapse_quick_reproduces_the_issue_claims(tmp_path):
 
 
 def test_list_reads_the_catalogue_without_importing_torch():
-    from experiments import list_experiments
-    from experiments.catalogue import catalogue
+    from toy_entropy.experiments import list_experiments
+    from toy_entropy.experiments.catalogue import catalogue
 
     assert catalogue() == [(e.name, e.description) for e in list_experiments()]
     probe = (
-        "import sys; from toy_entropy.cli import main; main(['list']); "
+        "import sys; from toy_entropy.experiments.cli import main; main(['list']); "
         "assert 'torch' not in sys.modules, 'list imported torch'"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)

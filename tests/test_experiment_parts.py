@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.entropy_targets import EntropyController, tracking_error
-from experiments.identity_granularity import IdentityConfig, prefix_run, target_rewards
-from experiments.law import LawConfig, run_law, spread_z
-from experiments.methods import METHODS, MethodsConfig, family, method_config
-from experiments.probes import (
+from toy_entropy.config import ConfigError
+from toy_entropy.experiments.entropy_targets import EntropyController, tracking_error
+from toy_entropy.experiments.identity_granularity import IdentityConfig, prefix_run, target_rewards
+from toy_entropy.experiments.law import LawConfig, run_law, spread_z
+from toy_entropy.experiments.methods import METHODS, MethodsConfig, family, method_config
+from toy_entropy.experiments.probes import (
     ClipHigherAdmitted,
     covariance_by_accuracy,
     sequence_covariance,
     token_covariance_mean,
 )
-from experiments.sweeps import RunResult
-from toy_entropy.config import ConfigError
+from toy_entropy.experiments.sweeps import RunResult
 from toy_entropy.losses import PolicyLossConfig
 from toy_entropy.prefix_policy import PrefixPolicy
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from toy_entropy.cli import main
+from toy_entropy.experiments.cli import main
 
 # Shared by every tiny run: the warm start of reverse at the trainer defaults (cached per test
 # session), few steps, small batches.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from toy_entropy.cli import main
+from toy_entropy.experiments.cli import main
 from toy_entropy.losses import PolicyLossConfig, policy_loss
 from toy_entropy.train import main as train_main
 
@@ -59,7 +59,9 @@ def _one_line_error(capsys, *needles: str) -> str:
 
 def _cli(args: list[str], cache: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "TOY_ENTROPY_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "toy_entropy.cli", *args], env=env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "toy_entropy.experiments.cli", *args], env=env, **kwargs
+    )
 
 
 def _children(pid: int) -> list[int]:

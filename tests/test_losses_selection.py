@@ -37,7 +37,7 @@ def _batch(rows: int = 6, length: int = 12, seed: int = 0, stale: float = 0.3) -
 
 
 def _reference_loss(config: PolicyLossConfig, log_probs, old, advantages, mask) -> torch.Tensor:
-    """Clip-Cov / KL-Cov as the released code computes them (THEORY.md s.5), token-mean.
+    """Clip-Cov / KL-Cov as the released code computes them (docs/THEORY.md s.5), token-mean.
 
     Host syncs, boolean indexing and a CPU randperm included; only valid where the random
     choice does not matter (no more candidates than n).

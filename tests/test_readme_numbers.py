@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from toy_entropy.cli import main
+from toy_entropy.experiments.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-import envs  # noqa: F401
-from envs.bandit_problem import make_bandit_problem
-from envs.sequence import make_task
+import toy_entropy.envs  # noqa: F401
 from toy_entropy.advantages import compute_advantages
 from toy_entropy.checkpoint import load_checkpoint
-from toy_entropy.cli import main
 from toy_entropy.config import ConfigError
 from toy_entropy.entropy import entropy_from_logits
+from toy_entropy.envs.bandit_problem import make_bandit_problem
+from toy_entropy.envs.sequence import make_task
+from toy_entropy.experiments.cli import main
 from toy_entropy.lawfit import fit_entropy_reward_law
 from toy_entropy.losses import PolicyLossConfig, policy_loss
 from toy_entropy.trainer import NonFiniteError, TrainConfig, Trainer
@@ -213,7 +213,9 @@ def test_nan_guard_stop_checkpoints_the_last_good_state(tmp_path):
 def _cli(args, cache: Path, **kwargs):
     # One thread per process: the runs stay fast on a 2-core machine and stay bit-identical.
     env = {**os.environ, "TOY_ENTROPY_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "toy_entropy.cli", *args], env=env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "toy_entropy.experiments.cli", *args], env=env, **kwargs
+    )
 
 
 def _rows(directory: Path) -> list[dict]:

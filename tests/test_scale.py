@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from envs.sequence import make_task
 from toy_entropy.config import ConfigError, apply_overrides
+from toy_entropy.envs.sequence import make_task
 from toy_entropy.model import GPT, GPTConfig
 from toy_entropy.parallel import DataParallel, mini_batch_rows, stratum_groups
 from toy_entropy.scale_presets import SCALE_PRESETS, parse_task_kwargs

@@ -10,13 +10,13 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers the ToyEntropy ids)
-from envs.sequence import SequenceVectorEnv, make_task
+import toy_entropy.envs  # noqa: F401  (registers the ToyEntropy ids)
+from toy_entropy.envs.sequence import SequenceVectorEnv, make_task
 
 SEQUENCE_IDS = sorted(
     env_id
     for env_id, spec in gym.registry.items()
-    if str(spec.entry_point).startswith("envs.sequence")
+    if str(spec.entry_point).startswith("toy_entropy.envs.sequence")
 )
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

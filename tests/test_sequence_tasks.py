@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from envs.sequence import TASKS, Vocabulary, make_task
-from envs.sequence.task import in_eval_split
+from toy_entropy.envs.sequence import TASKS, Vocabulary, make_task
+from toy_entropy.envs.sequence.task import in_eval_split
 
 
 def encode_responses(task, texts: list[str], width: int | None = None):

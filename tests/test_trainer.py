@@ -6,10 +6,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from experiments import RunContext
-from experiments.training_runs import train_one_run
 from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.config import ConfigError
+from toy_entropy.experiments import RunContext
+from toy_entropy.experiments.training_runs import train_one_run
 from toy_entropy.trainer import TrainConfig, Trainer
 
 FAST = dict(warmstart_steps=150, total_steps=12, eval_every=6, eval_prompts=32, probe_states=16)

@@ -16,7 +16,7 @@ __all__ = ["Claim", "less_than", "greater_than", "between", "format_claims_table
 
 @dataclass(frozen=True)
 class Claim:
-    """One checked statement of an experiment (see shared/OUTPUTS.md)."""
+    """One checked statement of an experiment (see docs/OUTPUTS.md)."""
 
     id: str
     statement: str

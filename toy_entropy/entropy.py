@@ -4,7 +4,7 @@ Every function is device- and dtype-agnostic and batched over any leading shape:
 dimension is the action (vocabulary) axis. Entropies are in nats. Logits may hold ``-inf`` for
 masked actions; such actions have probability zero and contribute nothing.
 
-The identity these functions verify (THEORY.md section 3): for logits z and a logit change dz,
+The identity these functions verify (docs/THEORY.md section 3): for logits z and a logit change dz,
 
     H(softmax(z + dz)) - H(softmax(z)) = -Cov_{a ~ pi}(log pi(a), dz_a) + O(|dz|^2).
 """
@@ -78,7 +78,7 @@ def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_response_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-response mean over valid positions, then the mean over responses (THEORY.md s.1).
+    """Per-response mean over valid positions, then the mean over responses (docs/THEORY.md s.1).
 
     Args:
         values: ``(..., T)`` per-position values; every leading index is one response.
@@ -98,7 +98,7 @@ def masked_response_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tens
 def dataset_entropy(
     logits: torch.Tensor, mask: torch.Tensor, mode: str = "response-mean"
 ) -> torch.Tensor:
-    """Policy entropy over a dataset of responses, H(pi, D) of THEORY.md section 1, in nats.
+    """Policy entropy over a dataset of responses, H(pi, D) of docs/THEORY.md section 1, in nats.
 
     Args:
         logits: ``(..., T, V)`` next-token logits at every response position.
@@ -154,7 +154,7 @@ def vanilla_pg_logit_update(
 ) -> torch.Tensor:
     """Exact expected vanilla policy-gradient logit change of a tabular softmax policy.
 
-    ``dz_a = eta * pi_a * A_a`` with ``A = Q - E_pi Q`` (THEORY.md s.3, Theorem 1).
+    ``dz_a = eta * pi_a * A_a`` with ``A = Q - E_pi Q`` (docs/THEORY.md s.3, Theorem 1).
 
     Args:
         logits: ``(..., V)`` current logits.

@@ -1,7 +1,7 @@
 """The entropy-reward law ``R = -a * exp(H) + b``: least-squares fit and extrapolation.
 
 The law is linear in ``(a, b)`` given ``x = exp(H)``, so ordinary least squares of R on exp(H)
-fits it exactly (THEORY.md section 2). ``b - a`` is the predicted reward at ``H = 0``.
+fits it exactly (docs/THEORY.md section 2). ``b - a`` is the predicted reward at ``H = 0``.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ METRICS: tuple[Metric, ...] = (
         "identity/scatter_actual_vs_predicted",
         "nats",
         "one point per optimiser step; the dashed line is y = x",
-        "experiments.training_runs",
+        "training_runs.py",
         "image",
     ),
     Metric("eval/greedy_accuracy", "fraction", "held-out prompts, argmax decoding", TRAINER),
@@ -213,7 +213,7 @@ METRICS: tuple[Metric, ...] = (
     Metric(
         "identity/log10_eta", "log10 step", "the step size of the bandit update", "bandit-identity"
     ),
-    # experiments' hooks and probes
+    # hooks and probes of the named runs
     Metric(
         "cov_by_accuracy/<bucket>",
         "nats x advantage",
@@ -267,13 +267,13 @@ METRICS: tuple[Metric, ...] = (
         "band/<metric>_low",
         "as the metric",
         "seed mean - std, in <variant>/seeds-mean runs",
-        "experiments.sweeps",
+        "sweeps.py",
     ),
     Metric(
         "band/<metric>_high",
         "as the metric",
         "seed mean + std, in <variant>/seeds-mean runs",
-        "experiments.sweeps",
+        "sweeps.py",
     ),
 )
 

@@ -1,7 +1,7 @@
 """Data parallelism of the sequence trainer: shards, global metrics, DDP and the batch layout.
 
 A run on N ranks (``torchrun --nproc_per_node N -m toy_entropy.train``) must train exactly as
-one process on the concatenated batch (THEORY.md s.6). What makes it so:
+one process on the concatenated batch (docs/THEORY.md s.6). What makes it so:
 
 - Rollout: every rank draws the whole rollout's prompts and its (B, T) sampling uniforms from
   the shared seed and keeps its shard of whole GRPO groups, rank r holding global rows

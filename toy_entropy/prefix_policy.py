@@ -5,7 +5,7 @@ For tiny vocabularies V and response lengths L, every state of an autoregressive
 talks about is then exact: the probability of every complete response, the dataset entropy
 H(pi, D), the expected reward J, the true expected policy-gradient and natural-gradient updates,
 and how the entropy change after an update splits into the per-state part that the covariance
-identity (THEORY.md section 3) predicts and the state-distribution shift it ignores.
+identity (docs/THEORY.md section 3) predicts and the state-distribution shift it ignores.
 
 States. A prefix contains no EOS (EOS ends a response). Per prompt there are
 ``S = sum_{t<L} (V-1)^t`` prefixes, ordered by length and then lexicographically by the ranks of

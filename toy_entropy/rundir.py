@@ -13,6 +13,7 @@ One set of rules, so that no command mixes two runs or deletes what is not a run
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -21,6 +22,9 @@ from pathlib import Path
 
 __all__ = [
     "RunDirError",
+    "add_run_directory_options",
+    "path_option",
+    "resume_directory",
     "OutDir",
     "prepare_out_dir",
     "check_new_out_dir",
@@ -42,6 +46,63 @@ def check_out_option(text: str | os.PathLike | None, option: str = "--out") -> P
     if not str(text).strip():
         raise RunDirError(f"{option} is empty; give a directory name")
     return Path(text)
+
+
+def path_option(option: str):
+    """An argparse ``type`` for a directory option that refuses an empty value."""
+
+    def parse(text: str) -> Path:
+        try:
+            return check_out_option(text, option)
+        except RunDirError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def add_run_directory_options(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """The options every entry point takes: ``--out``, ``--resume [DIR]``, ``--overwrite``,
+    ``--threads`` (one set of rules, :func:`resume_directory`, :func:`prepare_out_dir`)."""
+    parser.add_argument("--out", type=path_option("--out"), default=None, help=out_help)
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        type=path_option("--resume"),
+        metavar="DIR",
+        help="continue the killed run in DIR (default: --out) from its newest checkpoint",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the toy-entropy run in --out"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch per process (default 1: the same numbers on any machine; "
+        "the thread count changes the order of floating-point sums)",
+    )
+
+
+def resume_directory(args: argparse.Namespace) -> Path | None:
+    """The run directory ``--resume`` names (``--resume DIR``, or ``--resume`` with ``--out``);
+    None without ``--resume``.
+
+    Raises:
+        RunDirError: ``--resume`` with ``--overwrite``, or naming another directory than
+            ``--out``, or with no directory at all.
+    """
+    if args.resume is None:
+        return None
+    if args.overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other; give one of them")
+    named = args.resume if isinstance(args.resume, Path) else None
+    if named is not None and args.out is not None and named.resolve() != args.out.resolve():
+        raise RunDirError("--resume and --out name different directories; give only one")
+    if named is None and args.out is None:
+        raise RunDirError("--resume needs the run directory: --resume DIR")
+    return named or args.out
 
 
 def read_run_record(directory: Path) -> dict:

@@ -1,6 +1,6 @@
 """Run directories: config.json, metrics.jsonl, TensorBoard events and summary.json.
 
-The layout is the interface users script against (shared/OUTPUTS.md):
+The layout is the interface users script against (docs/OUTPUTS.md):
 
     DIR/config.json            resolved config, seed, device, package and torch versions
     DIR/summary.json           headline numbers and claims

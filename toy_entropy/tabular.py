@@ -1,7 +1,7 @@
 """Tabular softmax policies on bandits: exact expected and sampled logit updates.
 
 A policy is an ``(S, K)`` logit table: ``pi(a | s) = softmax(z[s])``. Two update rules
-(THEORY.md section 3) give the logit change ``dz`` for a step size ``eta``:
+(docs/THEORY.md section 3) give the logit change ``dz`` for a step size ``eta``:
 
 - ``"pg"``  (vanilla policy gradient):  ``dz = eta * pi * A``;
 - ``"npg"`` (natural policy gradient):  ``dz = eta * A``;

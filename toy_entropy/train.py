@@ -35,10 +35,11 @@ from toy_entropy.parallel import init_from_env
 from toy_entropy.rundir import (
     OutDir,
     RunDirError,
+    add_run_directory_options,
     check_new_out_dir,
-    check_out_option,
     check_resume_dir,
     prepare_out_dir,
+    resume_directory,
 )
 from toy_entropy.runlog import RunWriter, environment_info, write_run_summary
 from toy_entropy.trainer import NonFiniteError, TrainConfig, Trainer, check_resumable
@@ -49,19 +50,9 @@ __all__ = ["main"]
 PROG = "python -m toy_entropy.train"
 
 
-def _path(option: str):
-    def parse(text: str) -> Path:
-        try:
-            return check_out_option(text, option)
-        except RunDirError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=_path("--out"), help="run directory (rank 0 writes)")
+    add_run_directory_options(parser, out_help="run directory (rank 0 writes)")
     parser.add_argument("--seed", type=int, default=0, help="run seed (the same on every rank)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
@@ -73,15 +64,6 @@ def _parser() -> argparse.ArgumentParser:
         help="TrainConfig field, e.g. --set preset=gpu-small (repeatable)",
     )
     parser.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        type=_path("--resume"),
-        metavar="DIR",
-        help="continue the run in DIR (default: --out) from its newest checkpoint",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    parser.add_argument(
         "--dist-timeout",
         type=float,
         default=600.0,
@@ -89,26 +71,15 @@ def _parser() -> argparse.ArgumentParser:
         help="a collective that waits longer for a rank (frozen or dead) ends the job",
     )
     parser.add_argument("--quiet", action="store_true", help="no per-step line on stdout")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="CPU threads of torch per process (default 1: the same numbers on any machine)",
-    )
     return parser
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
     """The run directory the options name (``--out`` or ``--resume DIR``)."""
-    named = args.resume if isinstance(args.resume, Path) else None
-    if named is not None and args.out is not None and named.resolve() != args.out.resolve():
-        raise RunDirError("--resume and --out name different directories; give only one")
-    out = named or args.out
+    out = resume_directory(args) or args.out
     if out is None:
         raise RunDirError("--out is required (the run directory)")
-    if args.resume and args.overwrite:
-        raise RunDirError("--resume and --overwrite contradict each other; give one of them")
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise RunDirError(f"--threads={args.threads} is invalid: expected an integer >= 1")
     if not args.dist_timeout > 0:
         raise RunDirError(f"--dist-timeout={args.dist_timeout} is invalid: expected seconds > 0")
@@ -142,7 +113,8 @@ def _train(args: argparse.Namespace) -> int:
     out_path = _out_dir(args)
     config = apply_overrides(TrainConfig(), args.overrides)
     check_cache_dir()
-    torch.set_num_threads(args.threads)
+    threads = args.threads or 1
+    torch.set_num_threads(threads)
     parallel, device = init_from_env(args.device, timedelta(seconds=args.dist_timeout))
     # Every rank checks before rank 0 writes anything, so a refusal leaves the disk as it was.
     state = _resume_state(out_path, config, parallel) if args.resume else None
@@ -161,7 +133,7 @@ def _train(args: argparse.Namespace) -> int:
                     "experiment": "train",
                     "seed": args.seed,
                     "world_size": parallel.world_size,
-                    "threads": args.threads,
+                    "threads": threads,
                     "config": config_to_dict(config),
                     **environment_info(str(device)),
                 }
@@ -233,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
-        where = error.filename or args.out or args.resume
+        where = error.filename or args.out or "the run directory"
         print(f"{PROG}: error: no space left on device while writing {where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from envs.sequence import make_task
 from toy_entropy import interrupts
 from toy_entropy.advantages import compute_advantages, filter_uniform_groups
 from toy_entropy.checkpoint import save_checkpoint
@@ -46,6 +45,7 @@ from toy_entropy.entropy import (
     masked_token_mean,
     predicted_entropy_change,
 )
+from toy_entropy.envs.sequence import make_task
 from toy_entropy.losses import (
     PolicyLossConfig,
     compute_policy_loss,
@@ -179,7 +179,7 @@ class TrainConfig:
     """torch.compile the scoring forward passes and the log-prob chunk kernels"""
 
     def __post_init__(self) -> None:
-        from envs.sequence import TASKS
+        from toy_entropy.envs.sequence import TASKS
 
         check_choice("preset", self.preset, SCALE_PRESETS)
         check_choice("preset_resolved", self.preset_resolved, SCALE_PRESETS)

@@ -48,11 +48,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from envs.sequence.env import SequenceEnv
-from envs.sequence.task import PromptBatch, SequenceTask
-from envs.sequence.tasks import TASKS, make_task
-from envs.sequence.vector_env import SequenceVectorEnv
-from envs.sequence.vocab import Vocabulary
+from toy_entropy.envs.sequence.env import SequenceEnv
+from toy_entropy.envs.sequence.task import PromptBatch, SequenceTask
+from toy_entropy.envs.sequence.tasks import TASKS, make_task
+from toy_entropy.envs.sequence.vector_env import SequenceVectorEnv
+from toy_entropy.envs.sequence.vocab import Vocabulary
 
 
 def env_name(task: str) -> str:
@@ -67,8 +67,8 @@ def register_sequence_envs(register: Callable[..., None]) -> None:
     for task in TASKS:
         register(
             env_name(task),
-            entry_point="envs.sequence.env:SequenceEnv",
-            vector_entry_point="envs.sequence.vector_env:SequenceVectorEnv",
+            entry_point="toy_entropy.envs.sequence.env:SequenceEnv",
+            vector_entry_point="toy_entropy.envs.sequence.vector_env:SequenceVectorEnv",
             kwargs={"task": task},
         )
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.sequence.task import PromptBatch, SequenceTask, Split, check_split
-from envs.sequence.tasks import make_task
+from toy_entropy.envs.sequence.task import PromptBatch, SequenceTask, Split, check_split
+from toy_entropy.envs.sequence.tasks import make_task
 
 
 def build_task(task: str | SequenceTask, task_kwargs: dict[str, Any]) -> SequenceTask:

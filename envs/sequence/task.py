@@ -26,7 +26,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
-from envs.sequence.vocab import Vocabulary
+from toy_entropy.envs.sequence.vocab import Vocabulary
 
 Split = Literal["train", "eval"]
 SPLITS = ("train", "eval")

@@ -11,13 +11,13 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.sequence.env import (
+from toy_entropy.envs.sequence.env import (
     build_task,
     check_env_args,
     render_text,
     sequence_observation_space,
 )
-from envs.sequence.task import PromptBatch, SequenceTask, Split, check_int
+from toy_entropy.envs.sequence.task import PromptBatch, SequenceTask, Split, check_int
 
 
 class SequenceVectorEnv(VectorEnv):

@@ -23,7 +23,7 @@ class PolicyLossConfig:
 
     loss_mode: str = "vanilla"
     """Registered loss: "pg" (REINFORCE, no ratio), "vanilla" (PPO clipped surrogate),
-    "clip_cov", "kl_cov" (THEORY.md section 5)."""
+    "clip_cov", "kl_cov" (docs/THEORY.md section 5)."""
     clip_ratio_low: float = 0.2
     """PPO lower clip, a fraction in [0, 1]: the ratio is clamped below at 1 - clip_ratio_low."""
     clip_ratio_high: float = 0.2

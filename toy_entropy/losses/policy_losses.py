@@ -13,7 +13,7 @@ Per-token losses over ``(B, T)`` tensors, with ``ratio = exp(clamp(lp - lp_old))
   fully on-policy update of each rollout and acts only on the later updates.
 
 Which tokens are selected is decided once per optimisation batch by
-:func:`~toy_entropy.losses.selection.select_tokens` (THEORY.md section 5 for the semantics,
+:func:`~toy_entropy.losses.selection.select_tokens` (docs/THEORY.md section 5 for the semantics,
 section 6 for the reference code's defects this avoids). Typical use with gradient
 accumulation::
 

@@ -5,7 +5,7 @@ optimisation batch (all micro-batches, all data-parallel ranks) and returns a
 :class:`TokenSelection`: the selected-token mask, the normalisers of the aggregation and
 batch-level diagnostics. Phase two, :func:`toy_entropy.losses.compute_policy_loss`, runs per
 micro-batch on row slices ``selection[rows]``. So the micro-batch size and the number of ranks
-change neither the selected tokens nor the loss nor its gradient (THEORY.md s.6).
+change neither the selected tokens nor the loss nor its gradient (docs/THEORY.md s.6).
 
 Clip-Cov's selection depends on the current importance ratio (tokens PPO already clips are not
 candidates), so pass the detached current log-probs of the whole batch at the start of the
@@ -104,7 +104,7 @@ def token_covariance(
     out: torch.Tensor | None = None,
     scratch: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-token covariance ``(lp - mean lp) * (A - mean A)`` (THEORY.md s.4), without grad.
+    """Per-token covariance ``(lp - mean lp) * (A - mean A)`` (docs/THEORY.md s.4), without grad.
 
     Args:
         log_probs: ``(B, T)`` log-probs of the sampled tokens (used detached).

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from envs.sequence.task import SequenceTask
-from envs.sequence.tasks.addition import AdditionTask
-from envs.sequence.tasks.countdown import CountdownTask
-from envs.sequence.tasks.hard_prompt import HardPromptTask
-from envs.sequence.tasks.lists import ListTask, ReverseTask, SortTask
+from toy_entropy.envs.sequence.task import SequenceTask
+from toy_entropy.envs.sequence.tasks.addition import AdditionTask
+from toy_entropy.envs.sequence.tasks.countdown import CountdownTask
+from toy_entropy.envs.sequence.tasks.hard_prompt import HardPromptTask
+from toy_entropy.envs.sequence.tasks.lists import ListTask, ReverseTask, SortTask
 
 TASKS: dict[str, type[SequenceTask]] = {
     task.name: task for task in (CountdownTask, AdditionTask, ReverseTask, SortTask, HardPromptTask)

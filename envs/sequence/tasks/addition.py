@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.sequence.task import Content, SequenceTask, check_int
+from toy_entropy.envs.sequence.task import Content, SequenceTask, check_int
 
 DIGITS = tuple(str(d) for d in range(10))
 

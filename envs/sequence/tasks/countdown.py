@@ -7,7 +7,7 @@ import operator
 import numpy as np
 import torch
 
-from envs.sequence.task import (
+from toy_entropy.envs.sequence.task import (
     Content,
     GeneratorLike,
     PromptBatch,

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from envs.sequence.task import Content, GeneratorLike, PromptBatch, as_generator, check_fraction
-from envs.sequence.tasks.lists import ListTask, reverse_lists
+from toy_entropy.envs.sequence.task import (
+    Content,
+    GeneratorLike,
+    PromptBatch,
+    as_generator,
+    check_fraction,
+)
+from toy_entropy.envs.sequence.tasks.lists import ListTask, reverse_lists
 
 
 class HardPromptTask(ListTask):

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from envs.sequence.task import Content, SequenceTask, check_int, right_align
+from toy_entropy.envs.sequence.task import Content, SequenceTask, check_int, right_align
 
 _ABSENT = -1  # fills the values array beyond a list's length
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,9 +20,11 @@ from toy_entropy.config import ConfigError, apply_overrides, config_fields_help,
 from toy_entropy.rundir import (
     OutDir,
     RunDirError,
-    check_out_option,
+    add_run_directory_options,
     check_resume_dir,
+    path_option,
     prepare_out_dir,
+    resume_directory,
 )
 
 # torch and everything that imports it are imported where a command needs them, so that
@@ -36,20 +39,6 @@ class UserError(Exception):
 
 MAX_SEED = 2**32 - 1
 """Largest --seed: numpy's legacy seeding takes 32 bits (the trainer derives seed + small k)."""
-
-
-def _out_path(text: str) -> Path:
-    try:
-        return check_out_option(text)
-    except RunDirError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _resume_path(text: str) -> Path:
-    try:
-        return check_out_option(text, "--resume")
-    except RunDirError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class _Version(argparse.Action):
@@ -75,9 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-h", "--help", action="store_true", help="show this help and the experiment's --set keys"
     )
-    run.add_argument(
-        "--out", type=_out_path, default=None, help="run directory (default: runs/...)"
-    )
+    add_run_directory_options(run, out_help="run directory (default: runs/NAME__SEED__TIME)")
     run.add_argument("--seed", type=int, default=None, help="base random seed (default 0)")
     run.add_argument("--device", default=None, help="torch device: cpu (default) or cuda")
     run.add_argument(
@@ -89,26 +76,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override a config field (repeatable)",
     )
     run.add_argument("--quick", action="store_true", help="the small preset (minutes on a CPU)")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
-    run.add_argument(
-        "--resume",
-        type=_resume_path,
-        default=None,
-        metavar="DIR",
-        help="continue the killed run in DIR from its latest checkpoint",
-    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads of torch (default 1: the same numbers on any machine; the thread "
-        "count changes the order of floating-point sums)",
-    )
     report = commands.add_parser("report", help="write a markdown report of run directories")
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directory")
     report.add_argument(
-        "--out", type=_out_path, default=None, help="report file (default: RUN_DIR/report.md)"
+        "--out",
+        type=path_option("--out"),
+        default=None,
+        help="report file (default: RUN_DIR/report.md)",
     )
     return parser
 
@@ -163,12 +138,8 @@ def _resolve_config(spec, args: argparse.Namespace):
 
 def _read_resumable_run(spec, args: argparse.Namespace) -> dict:
     """The stored config.json of the run ``--resume`` names, checked against the command."""
-    directory = args.resume
-    if args.out is not None and Path(args.out).resolve() != directory.resolve():
-        raise UserError("--resume and --out name different directories; give only --resume")
-    if args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; give one of them")
     try:
+        directory = resume_directory(args)
         stored = check_resume_dir(directory)
     except RunDirError as error:
         raise UserError(f"--resume={error}") from None
@@ -203,15 +174,14 @@ def _start(spec, args: argparse.Namespace):
 
     if args.resume is not None:
         stored = _read_resumable_run(spec, args)
+        directory = resume_directory(args)
         try:
             config = spec.config_cls(**_fields_from_json(spec.config_cls, stored["config"]))
             device = _resolve_device(str(stored.get("device", "cpu")))
         except (ValueError, TypeError) as error:
-            raise UserError(
-                f"--resume={args.resume}: its config.json is invalid: {error}"
-            ) from None
+            raise UserError(f"--resume={directory}: its config.json is invalid: {error}") from None
         _check_cache()
-        return config, _check_seed(stored["seed"]), device, OutDir(args.resume, None), stored
+        return config, _check_seed(stored["seed"]), device, OutDir(directory, None), stored
     config = _resolve_config(spec, args)
     seed = _check_seed(args.seed)
     device = _resolve_device(args.device or "cpu")
@@ -240,7 +210,7 @@ QUICK_NOTE = (
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
-    from experiments import RunContext, get_experiment
+    from toy_entropy.experiments import RunContext, get_experiment
     from toy_entropy.runlog import atomic_write_json, write_run_summary
     from toy_entropy.trainer import NonFiniteError
 
@@ -343,10 +313,14 @@ def _fields_from_json(config_cls: type, values: dict) -> dict:
 
 
 def _list() -> int:
-    from experiments.catalogue import catalogue
+    from toy_entropy.experiments.catalogue import catalogue
 
-    for name, description in catalogue():
-        print(f"{name}\t{description}")
+    try:
+        for name, description in catalogue():
+            print(f"{name}\t{description}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `toy-entropy list | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
