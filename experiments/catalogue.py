@@ -14,14 +14,14 @@ from pathlib import Path
 __all__ = ["EXPERIMENT_MODULES", "catalogue"]
 
 EXPERIMENT_MODULES = (
-    "toy_entropy.experiments.identity",
+    "toy_entropy.experiments.bandit_identity",
     "toy_entropy.experiments.bandit_collapse",
     "toy_entropy.experiments.sanity",
     "toy_entropy.experiments.collapse",
     "toy_entropy.experiments.methods",
     "toy_entropy.experiments.law",
     "toy_entropy.experiments.clip_higher_cov",
-    "toy_entropy.experiments.identity_granularity",
+    "toy_entropy.experiments.identity",
     "toy_entropy.experiments.entropy_targets",
 )
 """Modules that define experiments (each with one or more ``@experiment`` functions)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from toy_entropy.advantages import ADVANTAGE_ESTIMATORS
 from toy_entropy.claims import Claim, greater_than, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import moving_average
@@ -36,7 +37,7 @@ from toy_entropy.experiments.sweeps import (
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.model import PRESETS
 from toy_entropy.report import SubRun, figure_law, markdown_table
-from toy_entropy.trainer import ESTIMATORS, TrainConfig
+from toy_entropy.trainer import TrainConfig
 
 __all__ = ["LawConfig", "INTERVENTIONS", "run_law", "spread_z"]
 
@@ -86,7 +87,7 @@ class LawConfig:
         if not self.estimators or not self.model_presets:
             raise ValueError("estimators and model_presets must each name at least one entry")
         for name in self.estimators:
-            check_choice("estimators", name, ESTIMATORS)
+            check_choice("estimators", name, ADVANTAGE_ESTIMATORS)
         for name in self.model_presets:
             check_choice("model_presets", name, sorted(PRESETS))
         for name in self.interventions:

@@ -10,7 +10,7 @@ import torch
 
 from toy_entropy.config import ConfigError
 from toy_entropy.experiments.entropy_targets import EntropyController, tracking_error
-from toy_entropy.experiments.identity_granularity import IdentityConfig, prefix_run, target_rewards
+from toy_entropy.experiments.identity import IdentityConfig, prefix_run, target_rewards
 from toy_entropy.experiments.law import LawConfig, run_law, spread_z
 from toy_entropy.experiments.methods import METHODS, MethodsConfig, family, method_config
 from toy_entropy.experiments.probes import (

@@ -92,7 +92,7 @@ def test_vanilla_expected_update_is_the_gradient_of_exact_reward():
     rewards = policy.reward_table(reward)
     objective = policy.expected_reward(rewards)
     (grad,) = torch.autograd.grad(objective, policy.logits)
-    update = policy.expected_update(rewards, step_size=0.5, rule="vanilla")
+    update = policy.expected_update(rewards, step_size=0.5, rule="pg")
     torch.testing.assert_close(update, 0.5 * grad, atol=1e-14, rtol=1e-12)
     assert grad.abs().max() > 1e-3  # the reward is not flat
 
@@ -108,7 +108,7 @@ def test_values_and_natural_update():
     probs = torch.softmax(policy.logits.detach(), dim=-1)
     torch.testing.assert_close(npg, q_values - values[..., None])
     torch.testing.assert_close((probs * npg).sum(-1), torch.zeros_like(values))
-    vanilla = policy.expected_update(rewards, 1.0, rule="vanilla")
+    vanilla = policy.expected_update(rewards, 1.0, rule="pg")
     reach = policy.reach_probs().detach()[..., None]
     torch.testing.assert_close(vanilla, reach / 3 * probs * npg)
 
@@ -135,7 +135,7 @@ def test_split_parts_sum_to_total_and_first_order_is_second_order_accurate():
 
 def test_apply_update_moves_entropy_by_the_split_total():
     policy = make_policy(seed=5)
-    dz = policy.expected_update(reward, 0.3, rule="vanilla")
+    dz = policy.expected_update(reward, 0.3, rule="pg")
     split = policy.entropy_change_split(dz)
     before = policy.entropy().item()
     policy.apply_update(dz)

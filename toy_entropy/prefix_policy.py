@@ -50,7 +50,7 @@ from toy_entropy.model import sample_categorical
 __all__ = ["EntropyChangeSplit", "PrefixPolicy", "ENTROPY_MODES", "UPDATE_RULES", "ESTIMATORS"]
 
 ENTROPY_MODES = ("response-mean", "token-mean")
-UPDATE_RULES = ("vanilla", "npg")
+UPDATE_RULES = ("pg", "npg")
 ESTIMATORS = ("reinforce", "rloo")
 MAX_TABLE_ENTRIES = 20_000_000
 """Upper bound on P * S * V and on R * L: this policy is meant for tiny V and L."""
@@ -314,12 +314,12 @@ class PrefixPolicy(nn.Module):
         return q_values, values
 
     def expected_update(
-        self, rewards: RewardSpec, step_size: float, rule: str = "vanilla"
+        self, rewards: RewardSpec, step_size: float, rule: str = "pg"
     ) -> torch.Tensor:
         """Exact expected logit update dz (P, S, V) of one policy-gradient step.
 
-        - ``"vanilla"``: ``dz = eta * dJ/dz = eta * d(p, s) / P * pi(a|s) * (Q(s, a) - V(s))``,
-          the true gradient of :meth:`expected_reward` (d = :meth:`reach_probs`);
+        - ``"pg"`` (plain policy gradient):
+          ``dz = eta * dJ/dz = eta * d(p, s) / P * pi(a|s) * (Q(s, a) - V(s))``, the true gradient of :meth:`expected_reward` (d = :meth:`reach_probs`);
         - ``"npg"``: ``dz = eta * (Q(s, a) - V(s))``, the natural gradient of J for a tabular
           softmax (the Fisher matrix carries the same d(p, s) / P, which cancels).
         """
@@ -341,11 +341,11 @@ class PrefixPolicy(nn.Module):
         generator: torch.Generator | None = None,
         estimator: str = "rloo",
     ) -> torch.Tensor:
-        """Monte-Carlo estimate (P, S, V) of the vanilla update from G responses per prompt.
+        """Monte-Carlo estimate (P, S, V) of the ``"pg"`` update from G responses per prompt.
 
         ``dz = eta / (P G) * sum_{p, g} A_{p,g} * grad_z log pi(y_{p,g} | p)`` with
         ``A = r`` (``"reinforce"``) or ``A = r - mean of the other G-1 rewards`` (``"rloo"``,
-        needs G >= 2); both are unbiased for ``expected_update(rule="vanilla")``.
+        needs G >= 2); both are unbiased for ``expected_update(rule="pg")``.
         """
         if estimator not in ESTIMATORS:
             raise ValueError(

@@ -31,7 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from toy_entropy import interrupts
-from toy_entropy.advantages import compute_advantages, filter_uniform_groups
+from toy_entropy.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    compute_advantages,
+    filter_uniform_groups,
+)
 from toy_entropy.checkpoint import save_checkpoint
 from toy_entropy.config import (
     ConfigError,
@@ -62,7 +66,6 @@ from toy_entropy.warmstart import WarmStartConfig, warm_start
 
 __all__ = ["TrainConfig", "Trainer", "StepRecord", "NonFiniteError", "check_resumable"]
 
-ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce")
 NONFINITE_POLICIES = ("skip", "stop")
 # Per-update metrics that are NaN by definition on some updates (e.g. the first, on-policy
 # update admits no token beyond the symmetric clip); averaged over the updates that define them.
@@ -194,7 +197,7 @@ class TrainConfig:
             check_positive_int(name, getattr(self, name))
         check_range("num_generations", self.num_generations, 2)
         check_range("temperature", self.temperature, 0, low_inclusive=False)
-        check_choice("advantage_estimator", self.advantage_estimator, ESTIMATORS)
+        check_choice("advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
         check_range("micro_batch_size", self.micro_batch_size, 0)
         check_range("learning_rate", self.learning_rate, 0, low_inclusive=False)
         check_range("weight_decay", self.weight_decay, 0)
