@@ -319,7 +319,8 @@ class PrefixPolicy(nn.Module):
         """Exact expected logit update dz (P, S, V) of one policy-gradient step.
 
         - ``"pg"`` (plain policy gradient):
-          ``dz = eta * dJ/dz = eta * d(p, s) / P * pi(a|s) * (Q(s, a) - V(s))``, the true gradient of :meth:`expected_reward` (d = :meth:`reach_probs`);
+          ``dz = eta * dJ/dz = eta * d(p, s) / P * pi(a|s) * (Q(s, a) - V(s))``, the true
+          gradient of :meth:`expected_reward` (d = :meth:`reach_probs`);
         - ``"npg"``: ``dz = eta * (Q(s, a) - V(s))``, the natural gradient of J for a tabular
           softmax (the Fisher matrix carries the same d(p, s) / P, which cancels).
         """
