@@ -204,3 +204,22 @@ def test_bad_arguments_raise():
         policy.logits_for(torch.tensor([0]), responses, torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="prefix"):
         policy.logits_for(torch.tensor([0]), responses, torch.tensor([[True, False, True]]))
+
+
+def test_exact_pass_at_k_on_a_policy_with_known_probabilities():
+    policy = PrefixPolicy(num_prompts=2, vocab_size=3, max_length=1)  # responses: EOS, a, b
+    with torch.no_grad():
+        policy.logits.zero_()  # every response has probability 1/3
+    rewards = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 1.0]])  # p_correct = 1/3 and 2/3
+    values = policy.pass_at_k(rewards, [1, 2, 256])
+    expected = [
+        (1 / 3 + 2 / 3) / 2,
+        ((1 - (2 / 3) ** 2) + (1 - (1 / 3) ** 2)) / 2,
+        ((1 - (2 / 3) ** 256) + (1 - (1 / 3) ** 256)) / 2,
+    ]
+    torch.testing.assert_close(values, torch.tensor(expected, dtype=torch.float64))
+    assert float(policy.pass_at_k(rewards, [1])) == pytest.approx(
+        float(policy.expected_reward(rewards).detach())
+    )  # pass@1 of 0/1 rewards is the expected reward
+    with pytest.raises(ValueError, match="ks must be integers >= 1"):
+        policy.pass_at_k(rewards, [0])

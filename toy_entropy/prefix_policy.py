@@ -291,6 +291,26 @@ class PrefixPolicy(nn.Module):
         return (self.response_probs(logits) * r).sum(dim=1).mean()
 
     @torch.no_grad()
+    def pass_at_k(
+        self, rewards: RewardSpec, ks, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Exact pass@k: mean over prompts of ``1 - (1 - p_correct)^k``, for each k in ``ks``.
+
+        ``p_correct(p)`` is the exact probability that a response to prompt p is correct
+        (reward > 0), from the enumerated response probabilities; no sampling is involved.
+
+        Returns:
+            ``(K,)`` float64 tensor, one value in [0, 1] per k (k >= 1 integers).
+        """
+        ks = torch.as_tensor(ks, dtype=torch.float64).reshape(-1)  # (K,)
+        if ks.numel() == 0 or not bool((ks >= 1).all()) or not bool((ks == ks.round()).all()):
+            raise ValueError(f"PrefixPolicy.pass_at_k: ks must be integers >= 1, got {ks.tolist()}")
+        correct = (self._reward_tensor(rewards) > 0).to(torch.float64)  # (P, R)
+        p_correct = (self.response_probs(logits).double() * correct).sum(dim=1).clamp(0, 1)  # (P,)
+        miss = (1 - p_correct)[:, None] ** ks[None, :]  # (P, K)
+        return (1 - miss).mean(dim=0)
+
+    @torch.no_grad()
     def action_values(
         self, rewards: RewardSpec, logits: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
