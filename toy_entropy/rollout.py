@@ -21,12 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from toy_entropy.trainer import Trainer
 
 __all__ = ["Rollout", "RolloutStats", "RolloutHook", "UpdateProbe"]
 
@@ -82,17 +79,19 @@ class Rollout(RolloutStats):
         )
 
 
-RolloutHook = Callable[["Trainer", Rollout], dict[str, float]]
-"""``hook(trainer, rollout) -> {metric: value}``, called on every rollout before its updates."""
+RolloutHook = Callable[[Any, Rollout], dict[str, float]]
+"""``hook(trainer, rollout) -> {metric: value}``, called with the ``Trainer`` and every rollout
+before its updates (typed ``Any`` here so that this module does not import the trainer)."""
 
 
 class UpdateProbe(Protocol):
     """Measures every optimiser step; see the module docstring."""
 
     def before_update(
-        self, trainer: Trainer, rollout: Rollout, rows: torch.Tensor
+        self, trainer: Any, rollout: Rollout, rows: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Additive totals of the update about to train on the ``rows`` of ``rollout``."""
+        """Additive totals of the update the ``Trainer`` is about to make on the ``rows`` of
+        ``rollout``."""
 
     def finish(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
         """The step's metrics from the totals summed over its updates."""
