@@ -7,13 +7,9 @@ A registered function has the signature of :data:`PolicyLossFn` and is looked up
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from toy_entropy.losses.config import PolicyLossConfig
-    from toy_entropy.losses.selection import TokenSelection
 
 __all__ = ["POLICY_LOSSES", "PolicyLossFn", "register_policy_loss", "get_policy_loss"]
 
@@ -23,8 +19,8 @@ PolicyLossFn = Callable[
         torch.Tensor,
         torch.Tensor,
         torch.Tensor,
-        "PolicyLossConfig",
-        "TokenSelection",
+        Any,  # PolicyLossConfig (not imported: the config module validates against this one)
+        Any,  # TokenSelection
     ],
     tuple[torch.Tensor, dict[str, torch.Tensor]],
 ]
