@@ -45,6 +45,7 @@ __all__ = [
     "figure_identity",
     "split_by_length",
     "markdown_table",
+    "claims_markdown",
     "write_report",
 ]
 
@@ -341,7 +342,7 @@ def _measured(value: Any) -> str:
     return _cell(value)
 
 
-def _claims_markdown(claims: Sequence[dict]) -> str:
+def claims_markdown(claims: Sequence[dict]) -> str:
     rows = [
         (
             "yes" if c.get("holds") else "**no**",
@@ -415,7 +416,7 @@ def _run_section(run: RunDirectory, index: int, figures: Path, root: Path) -> li
         "",
     ]
     if claims:
-        lines += ["### Claims", "", _claims_markdown(claims), ""]
+        lines += ["### Claims", "", claims_markdown(claims), ""]
     for table in run.summary.get("headline", {}).get("tables", []):
         lines += [f"### {table['title']}", "", markdown_table(table["columns"], table["rows"]), ""]
     keys = ("entropy", "reward", *EVAL_KEYS[:2])

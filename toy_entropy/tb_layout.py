@@ -71,7 +71,10 @@ def teaching_layout(band_keys: Sequence[str] = ()) -> dict:
     return layout
 
 
-def add_layout(summary_writer, band_keys: Sequence[str] = ()) -> None:
-    """Write :func:`teaching_layout` into a ``torch.utils.tensorboard.SummaryWriter``'s run."""
+def add_layout(summary_writer, band_keys: Sequence[str] = (), layout: dict | None = None) -> None:
+    """Write ``layout`` (default :func:`teaching_layout`) into a
+    ``torch.utils.tensorboard.SummaryWriter``'s run; nothing when the writer is ``None``."""
     if summary_writer is not None:
-        summary_writer.add_custom_scalars(teaching_layout(band_keys))
+        if layout is None:
+            layout = teaching_layout(band_keys)
+        summary_writer.add_custom_scalars(layout)
