@@ -147,47 +147,63 @@ def run(config: LessonConfig, context: RunContext) -> ExperimentResult:
     accuracy = f"eval/mean_at_{k}"
     band_keys = ("entropy", "reward", accuracy)
     layout = lesson_layout(band_keys)
-    log_seed_bands(context, results, band_keys, layout)
+    # TensorBoard colours runs in the order they started: the top-level run and the two
+    # identity runs first, so that up to three methods get the palette's distinct 4th-6th
+    # colours (its 7th is grey).
+    writer = context.writer()
     _log_identity_runs(context, groups[BASELINE], layout)
+    log_seed_bands(context, results, band_keys, layout)
     _log_hparams(context, config, groups, accuracy)
 
     baseline = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in groups[BASELINE]]
     every = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
     points = [point for r in groups[BASELINE] for point in r.identity_points]
-    writer = context.writer()
+    seeds = f"{config.num_seeds} seeds"
     writer.add_figure(
-        "lesson/a_collapse",
-        figure_curves(baseline, ("entropy", "reward"), "(a) GRPO: entropy falls, reward rises"),
+        "0_lesson/a_collapse",
+        figure_curves(
+            baseline, ("entropy", "reward"), f"(a) GRPO: entropy falls, reward rises ({seeds})",
+            stacked=True,
+        ),
+    )  # fmt: skip
+    writer.add_figure(
+        "0_lesson/b_law", figure_law(baseline, f"(b) R = -a exp(H) + b, GRPO ({seeds})")
     )
-    writer.add_figure("lesson/b_law", figure_law(baseline, "(b) R = -a exp(H) + b, GRPO"))
     writer.add_figure(
-        "lesson/c_identity",
+        "0_lesson/c_identity",
         identity_figure(points, "(c) GRPO: actual vs predicted dH per optimiser step"),
     )
     writer.add_figure(
-        "lesson/d_cure",
-        figure_curves(every, ("entropy", accuracy), "(d) the cure: GRPO vs Clip-Cov vs KL-Cov"),
-    )
+        "0_lesson/d_cure",
+        figure_curves(
+            every, ("entropy", accuracy), f"(d) the cure: GRPO vs Clip-Cov vs KL-Cov ({seeds})",
+            stacked=True,
+        ),
+    )  # fmt: skip
 
     headline = _headline(config, groups, points, accuracy)
     claims = _claims(headline)
-    writer.add_text("lesson/1_claims", claims_markdown([c.to_dict() for c in claims]))
-    writer.add_text("lesson/2_guide", GUIDE)
+    # TEXT sorts tags by name: the guide, then the claims, then the config.
+    writer.add_text("about/dashboards", GUIDE)
+    writer.add_text("claims/table", claims_markdown([c.to_dict() for c in claims]))
     return ExperimentResult(headline, claims)
 
 
 GUIDE = """\
-**What each dashboard shows** (docs/lesson.md has more)
+**Where to look** (docs/lesson.md explains each figure)
 
-| dashboard | look for |
+| dashboard | what it shows |
 | --- | --- |
-| IMAGES `lesson/a_collapse` | GRPO's entropy falls fast at the start, reward rises as fast |
-| IMAGES `lesson/b_law` | the points follow R = -a exp(H) + b; the dotted fit uses the first 15% |
-| IMAGES `lesson/c_identity` | actual entropy change per optimiser step on the y = x line |
-| IMAGES `lesson/d_cure` | Clip-Cov and KL-Cov against GRPO: entropy and held-out accuracy |
-| CUSTOM SCALARS | the same curves as mean +/- std bands, one colour per method; untick \
-"Ignore outliers in chart scaling" to see the first steps |
-| HPARAMS | one row per method: the fields that differ and the final numbers |
+| TIME SERIES, IMAGES `0_lesson/a_collapse` | GRPO: entropy falls fast at the start while \
+reward rises |
+| `0_lesson/b_law` | reward against entropy and R = -a exp(H) + b; the dotted fit uses only \
+the first 15% of the steps: where it meets the later points, the law extrapolates |
+| `0_lesson/c_identity` | each optimiser step's actual entropy change against \
+-Cov(log pi, dz): on the y = x line |
+| `0_lesson/d_cure` | Clip-Cov and KL-Cov against GRPO: entropy and held-out accuracy |
+| CUSTOM SCALARS | the same curves as mean +/- std bands, one colour per method, and actual \
+vs predicted dH; untick "Ignore outliers in chart scaling" to see the first steps |
+| HPARAMS | one row per method: the settings that differ and the final numbers |
 """
 
 
@@ -206,8 +222,8 @@ def _log_identity_runs(context: RunContext, baseline: list[RunResult], layout: d
 def _log_hparams(
     context: RunContext, config: LessonConfig, groups: dict[str, list[RunResult]], accuracy: str
 ) -> None:
-    """One HPARAMS row per method (its seeds-mean run): the fields that differ between the
-    methods and the final entropy, reward and accuracy, means over seeds."""
+    """One HPARAMS row per method (its seeds-mean run, which names it): the config fields that
+    differ between the methods, and the final entropy, reward and accuracy, means over seeds."""
     configs = {m: config_to_dict(method_config(config, m)) for m in groups}
     fields = varying_fields(configs)
     for method, group in groups.items():
@@ -215,8 +231,7 @@ def _log_hparams(
             key: float(np.mean([r.column(key)[-1] for r in group])) for key in ("entropy", "reward")
         }
         finals[accuracy] = float(np.mean([r.eval_curve(accuracy)[1][-1] for r in group]))
-        hparams = {"method": method, "seeds": len(group)}
-        hparams.update({field: configs[method][field] for field in fields})
+        hparams = {field: configs[method][field] for field in fields}
         context.writer(f"{method}/seeds-mean").add_hparams(hparams, finals)
 
 
