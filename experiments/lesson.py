@@ -61,6 +61,9 @@ regime (a task or budget in which Clip-Cov and KL-Cov hold entropy more clearly)
 IDENTITY_RUNS = {"actual": "identity/actual_dH", "predicted": "identity/predicted_dH"}
 """Run name under ``identity-dH/`` -> the per-step metric whose GRPO seed mean it logs."""
 IDENTITY_TAG = "identity/dH_per_step"
+IMAGE_PREFIX = "0_lesson"
+"""Tag group of the figures; TIME SERIES, the dashboard TensorBoard opens on, sorts groups by
+name, so the lesson's figures come first."""
 
 
 @dataclass
@@ -160,27 +163,27 @@ def run(config: LessonConfig, context: RunContext) -> ExperimentResult:
     every = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
     points = [point for r in groups[BASELINE] for point in r.identity_points]
     seeds = f"{config.num_seeds} seeds"
-    writer.add_figure(
-        "0_lesson/a_collapse",
-        figure_curves(
-            baseline, ("entropy", "reward"), f"(a) GRPO: entropy falls, reward rises ({seeds})",
-            stacked=True,
+    # One panel per image: a TensorBoard card shows a 4:3 figure legibly, a row of panels not.
+    figures = {
+        "a1_collapse_entropy": figure_curves(
+            baseline, ("entropy",), f"(a) GRPO: entropy collapses ({seeds})"
         ),
-    )  # fmt: skip
-    writer.add_figure(
-        "0_lesson/b_law", figure_law(baseline, f"(b) R = -a exp(H) + b, GRPO ({seeds})")
-    )
-    writer.add_figure(
-        "0_lesson/c_identity",
-        identity_figure(points, "(c) GRPO: actual vs predicted dH per optimiser step"),
-    )
-    writer.add_figure(
-        "0_lesson/d_cure",
-        figure_curves(
-            every, ("entropy", accuracy), f"(d) the cure: GRPO vs Clip-Cov vs KL-Cov ({seeds})",
-            stacked=True,
+        "a2_collapse_reward": figure_curves(
+            baseline, ("reward",), f"(a) GRPO: reward rises ({seeds})"
         ),
-    )  # fmt: skip
+        "b_law": figure_law(baseline, f"(b) R = -a exp(H) + b, GRPO ({seeds})"),
+        "c_identity": identity_figure(
+            points, "(c) GRPO: actual vs predicted dH per optimiser step"
+        ),
+        "d1_cure_entropy": figure_curves(
+            every, ("entropy",), f"(d) the cure: entropy by method ({seeds})"
+        ),
+        "d2_cure_accuracy": figure_curves(
+            every, (accuracy,), f"(d) the cure: held-out accuracy by method ({seeds})"
+        ),
+    }
+    for name, figure in figures.items():
+        writer.add_figure(f"{IMAGE_PREFIX}/{name}", figure)
 
     headline = _headline(config, groups, points, accuracy)
     claims = _claims(headline)
@@ -195,13 +198,14 @@ GUIDE = """\
 
 | dashboard | what it shows |
 | --- | --- |
-| TIME SERIES, IMAGES `0_lesson/a_collapse` | GRPO: entropy falls fast at the start while \
-reward rises |
+| TIME SERIES, IMAGES `0_lesson/a1_...`, `a2_...` | GRPO: entropy falls fast at the start \
+while reward rises |
 | `0_lesson/b_law` | reward against entropy and R = -a exp(H) + b; the dotted fit uses only \
 the first 15% of the steps: where it meets the later points, the law extrapolates |
 | `0_lesson/c_identity` | each optimiser step's actual entropy change against \
 -Cov(log pi, dz): on the y = x line |
-| `0_lesson/d_cure` | Clip-Cov and KL-Cov against GRPO: entropy and held-out accuracy |
+| `0_lesson/d1_...`, `d2_...` | Clip-Cov and KL-Cov against GRPO: entropy and held-out \
+accuracy |
 | CUSTOM SCALARS | the same curves as mean +/- std bands, one colour per method, and actual \
 vs predicted dH; untick "Ignore outliers in chart scaling" to see the first steps |
 | HPARAMS | one row per method: the settings that differ and the final numbers |

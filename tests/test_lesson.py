@@ -64,8 +64,8 @@ def test_few_tensorboard_runs_each_with_the_layout(lesson_run):
 def test_top_level_run_holds_the_figures_and_the_claims_table(lesson_run):
     top = _events(lesson_run)
     images = set(top.Tags()["images"])
-    assert images == {"0_lesson/a_collapse", "0_lesson/b_law", "0_lesson/c_identity",
-                      "0_lesson/d_cure"}  # fmt: skip
+    assert images == {f"0_lesson/{name}" for name in ("a1_collapse_entropy", "a2_collapse_reward",
+                      "b_law", "c_identity", "d1_cure_entropy", "d2_cure_accuracy")}  # fmt: skip
     claims = top.Tensors("claims/table/text_summary")[0].tensor_proto.string_val[0].decode()
     assert claims.startswith("| holds | claim | measured | expected | statement |")
     summary = json.loads((lesson_run / "summary.json").read_text())

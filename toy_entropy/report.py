@@ -233,19 +233,17 @@ def _colors(sub_runs: Sequence[SubRun]) -> dict[str, Any]:
     return {variant: palette(i % palette.N) for i, variant in enumerate(variants)}
 
 
-def figure_curves(
-    sub_runs: Sequence[SubRun], keys: Sequence[str], title: str = "", stacked: bool = False
-):
-    """One panel per metric in ``keys`` (side by side, or one above the other when
-    ``stacked``); one curve per variant, with a mean +/- std band where it has several seeds.
-    The legend sits below the panels. None if no run logs any of ``keys``."""
+def figure_curves(sub_runs: Sequence[SubRun], keys: Sequence[str], title: str = ""):
+    """One panel per metric in ``keys``, side by side; one curve per variant, with a mean +/-
+    std band where it has several seeds. The legend sits below the panels. None if no run
+    logs any of ``keys``."""
     keys = [key for key in keys if any(run.has(key) for run in sub_runs)]
     if not keys:
         return None
     colors = _colors(sub_runs)
-    shape = (len(keys), 1) if stacked else (1, len(keys))
-    size = (5.2, 2.9 * len(keys) + 0.6) if stacked else (4.2 * len(keys), 3.6)
-    figure, axes = plt.subplots(*shape, figsize=size, squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False, layout="constrained"
+    )
     drawn: dict[str, Any] = {}  # variant -> colour, in the order of the palette
     for axis, key in zip(axes.ravel(), keys):
         for variant, runs in _by_variant(sub_runs, key).items():
@@ -262,7 +260,7 @@ def figure_curves(
             list(drawn),
             fontsize=7,
             loc="outside lower center",
-            ncol=min(len(drawn), 3 if stacked else 5),
+            ncol=min(len(drawn), 3 * len(keys)),
         )
     if title:
         figure.suptitle(title, fontsize=10)
