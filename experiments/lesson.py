@@ -159,8 +159,8 @@ def run(config: LessonConfig, context: RunContext) -> ExperimentResult:
     log_seed_bands(context, results, band_keys, layout)
     _log_hparams(context, config, groups, accuracy)
 
-    baseline = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in groups[BASELINE]]
-    every = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
+    baseline = [_sub_run(r) for r in groups[BASELINE]]
+    every = [_sub_run(r) for r in results]
     points = [point for r in groups[BASELINE] for point in r.identity_points]
     seeds = f"{config.num_seeds} seeds"
     # One panel per image: a TensorBoard card shows a 4:3 figure legibly, a row of panels not.
@@ -210,6 +210,13 @@ accuracy |
 vs predicted dH; untick "Ignore outliers in chart scaling" to see the first steps |
 | HPARAMS | one row per method: the settings that differ and the final numbers |
 """
+
+
+def _sub_run(result: RunResult) -> SubRun:
+    """A run's rows as its metrics.jsonl holds them: the initial evaluation at step 0 first, so
+    that held-out accuracy starts where training starts."""
+    rows = [{"step": 0, **result.initial_eval}, *result.rows]
+    return SubRun(f"{result.variant}/seed{result.seed}", rows)
 
 
 def _log_identity_runs(context: RunContext, baseline: list[RunResult], layout: dict) -> None:
