@@ -12,7 +12,8 @@ from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.config import config_to_dict
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.plots import plt, scatter_identity
-from toy_entropy.runlog import RunWriter
+from toy_entropy.runlog import RunWriter, tensorboard_tag
+from toy_entropy.tb_layout import add_layout
 from toy_entropy.trainer import TrainConfig, Trainer, check_resumable
 
 __all__ = [
@@ -68,8 +69,11 @@ def train_one_run(
 
 
 def log_run_end(writer: RunWriter, trainer: Trainer, hparams: dict) -> None:
-    """The hparams with the final metrics and the identity scatter of a finished run."""
+    """The hparams with the final metrics, the identity scatter and the custom-scalars layout
+    (only the charts of tags the run logged) of a finished run."""
     final = trainer.history[-1].metrics if trainer.history else trainer.initial_eval
+    logged = {name for record in trainer.history for name in record.metrics}
+    add_layout(writer.tensorboard, logged={tensorboard_tag(name) for name in logged})
     writer.add_hparams(
         hparams,
         {k: v for k, v in final.items() if k in ("entropy", "reward") or k.startswith("eval/")},

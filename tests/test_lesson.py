@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from experiments.lesson import LessonConfig, lesson_layout, varying_fields
@@ -117,3 +118,26 @@ def test_config_checks_and_helpers():
     layout = lesson_layout(("entropy",))
     (chart,) = layout["1 entropy is traded for reward (every method)"].values()
     assert chart == ["Margin", ["charts/entropy", "band/entropy_low", "band/entropy_high"]]
+
+
+def test_the_quickstart_run_opens_on_a_layout_of_its_own_charts(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sanity"
+    argv = ["run", "sanity", "--quiet", "--out", str(out), "--set", "warmstart_steps=20"]
+    for item in ("eval_prompts=8", "probe_states=4", "num_prompts=4", "total_steps=2"):
+        argv += ["--set", item]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    events = _events(out)
+    content = events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    layout = layout_pb2.Layout.FromString(content)
+    charts = {chart.title for category in layout.category for chart in category.chart}
+    assert "entropy H(pi, D) [nats]" in charts
+    assert "actual and predicted dH per step [nats]" in charts
+    # sanity runs GRPO: no Clip-Cov / KL-Cov selection, no prompt-difficulty split
+    assert "tokens touched by Clip-Cov / KL-Cov" not in charts
+    assert "covariance by prompt difficulty" not in charts

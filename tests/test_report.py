@@ -16,6 +16,7 @@ from toy_entropy.report import (
     figure_law,
     write_report,
 )
+from toy_entropy.tb_layout import teaching_layout
 
 KEYS = ("entropy", "reward", "eval/greedy_accuracy", "eval/mean_at_8")
 
@@ -114,3 +115,13 @@ def test_report_of_a_single_seed_top_level_run(tmp_path):
     assert captions[0].startswith("![Entropy and reward per RL step](")
     assert "seeds" not in text
     assert len(captions) == 2  # curves and law; no identity without identity metrics
+
+
+def test_teaching_layout_keeps_only_the_charts_of_logged_tags():
+    layout = teaching_layout(logged={"charts/entropy", "identity/actual_dH", "cov/mean"})
+    assert {c: list(charts) for c, charts in layout.items()} == {
+        "1 entropy is traded for reward": ["entropy H(pi, D) [nats]"],
+        "2 the covariance drives it": ["token covariance, batch mean"],
+        "3 the identity dH = -Cov(log pi, dz)": ["actual and predicted dH per step [nats]"],
+    }
+    assert len(teaching_layout()["2 the covariance drives it"]) == 6  # unfiltered: every chart
