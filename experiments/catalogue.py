@@ -23,6 +23,7 @@ EXPERIMENT_MODULES = (
     "toy_entropy.experiments.clip_higher_cov",
     "toy_entropy.experiments.identity",
     "toy_entropy.experiments.entropy_targets",
+    "toy_entropy.experiments.lesson",
 )
 """Modules that define experiments (each with one or more ``@experiment`` functions)."""
 

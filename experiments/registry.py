@@ -57,20 +57,26 @@ class RunContext:
     def run_dir(self, sub_run: str | None = None) -> Path:
         return self.out_dir if sub_run is None else self.out_dir / sub_run
 
-    def writer(self, sub_run: str | None = None, resume_from_step: int | None = None) -> RunWriter:
+    def writer(
+        self,
+        sub_run: str | None = None,
+        resume_from_step: int | None = None,
+        tensorboard: bool = True,
+    ) -> RunWriter:
         """The writer of the top-level run, or of the sub-run directory ``out_dir/sub_run``.
 
         The first call for a run directory creates it; ``resume_from_step`` then drops what
         was logged after that step (see :class:`RunWriter`). When resuming, a directory
         written without checkpoints (``resume_from_step=None``: figures, seed bands, bandit
-        curves, which are recomputed) starts over.
+        curves, which are recomputed) starts over. ``tensorboard=False`` writes metrics.jsonl
+        only (no event files: the run is not a TensorBoard run).
         """
         if sub_run not in self._writers:
             if self.resume and resume_from_step is None:
                 resume_from_step = -1
             fresh = resume_from_step is None or resume_from_step < 0
             self._writers[sub_run] = RunWriter(
-                self.run_dir(sub_run), resume_from_step=resume_from_step
+                self.run_dir(sub_run), tensorboard, resume_from_step=resume_from_step
             )
             if sub_run is None and self.config_record is not None and fresh:
                 self._writers[sub_run].write_config(self.config_record)

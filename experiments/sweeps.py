@@ -58,6 +58,8 @@ class RunSpec:
         config: the trainer config.
         hooks: rollout hooks (see the module docstring).
         probes: update probes (see the module docstring).
+        tensorboard: write TensorBoard events for the run (False: metrics.jsonl and
+            checkpoints only, for experiments that show aggregates instead of every run).
     """
 
     variant: str
@@ -65,6 +67,7 @@ class RunSpec:
     config: TrainConfig
     hooks: tuple[RolloutHook, ...] = ()
     probes: tuple[UpdateProbe, ...] = ()
+    tensorboard: bool = True
 
     @property
     def sub_run(self) -> str:
@@ -118,7 +121,8 @@ def train_run(spec: RunSpec, context: RunContext) -> RunResult:
     state = resume_state(checkpoints, spec.config, required=False) if context.resume else None
     if state is not None and state["step"] >= spec.config.total_steps:
         return _finished_result(spec, state)
-    writer = context.writer(spec.sub_run, resume_from_step=state["step"] if state else None)
+    resume_from_step = state["step"] if state else None
+    writer = context.writer(spec.sub_run, resume_from_step, tensorboard=spec.tensorboard)
     trainer = Trainer(
         spec.config,
         spec.seed,
@@ -325,10 +329,15 @@ def step_band(results: Sequence[RunResult], key: str) -> SeedBand:
 
 
 def log_seed_bands(
-    context: RunContext, results: Sequence[RunResult], keys: Sequence[str]
+    context: RunContext,
+    results: Sequence[RunResult],
+    keys: Sequence[str],
+    layout: dict | None = None,
 ) -> dict[str, dict[str, SeedBand]]:
     """Write ``<variant>/seeds-mean`` runs (mean and mean +/- std of ``keys``) and the layout.
 
+    The custom-scalars ``layout`` (default: the teaching layout with one band chart per key)
+    goes into the top-level run and into every ``seeds-mean`` run, so that each opens on it.
     Returns ``{variant: {key: band}}``.
     """
     bands: dict[str, dict[str, SeedBand]] = {}
@@ -346,5 +355,6 @@ def log_seed_bands(
         writer = context.writer(f"{variant}/seeds-mean")
         for step in sorted(rows):
             writer.log(step, rows[step])
-    add_layout(context.writer().tensorboard, keys)
+        add_layout(writer.tensorboard, keys, layout)
+    add_layout(context.writer().tensorboard, keys, layout)
     return bands

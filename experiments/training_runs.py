@@ -12,10 +12,19 @@ from toy_entropy.config import config_to_dict
 from toy_entropy.experiments.registry import RunContext
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.plots import plt, scatter_identity
-from toy_entropy.runlog import RunWriter
+from toy_entropy.runlog import RunWriter, tensorboard_tag
+from toy_entropy.tb_layout import add_layout
 from toy_entropy.trainer import TrainConfig, Trainer, check_resumable
 
-__all__ = ["train_one_run", "resume_state", "log_run_end", "identity_summary", "law_summary"]
+__all__ = [
+    "train_one_run",
+    "resume_state",
+    "log_run_end",
+    "identity_figure",
+    "identity_stats",
+    "identity_summary",
+    "law_summary",
+]
 
 
 def resume_state(checkpoints: Path, config: TrainConfig, required: bool) -> dict | None:
@@ -66,30 +75,52 @@ def train_one_run(
 
 
 def log_run_end(writer: RunWriter, trainer: Trainer, hparams: dict) -> None:
-    """The hparams with the final metrics and the identity scatter of a finished run."""
+    """The hparams with the final metrics, the identity scatter and the custom-scalars layout
+    (only the charts of tags the run logged) of a finished run."""
     final = trainer.history[-1].metrics if trainer.history else trainer.initial_eval
+    logged = {name for record in trainer.history for name in record.metrics}
+    add_layout(writer.tensorboard, logged={tensorboard_tag(name) for name in logged})
     writer.add_hparams(
         hparams,
         {k: v for k, v in final.items() if k in ("entropy", "reward") or k.startswith("eval/")},
     )
     if trainer.identity_points:
-        writer.add_figure("identity/scatter_actual_vs_predicted", identity_figure(trainer))
+        writer.add_figure(
+            "identity/scatter_actual_vs_predicted", identity_figure(trainer.identity_points)
+        )
 
 
-def identity_figure(trainer: Trainer):
-    figure, axis = plt.subplots(figsize=(4.5, 4))
-    predicted, actual = zip(*trainer.identity_points)
+def identity_figure(points, title: str = "entropy change per optimiser step (probe states)"):
+    """Actual against predicted dH (nats), one point per ``(predicted, actual)`` pair, with the
+    y = x line; the title gives the correlation and the least-squares slope."""
+    figure, axis = plt.subplots(figsize=(4.8, 4.3))
+    predicted, actual = zip(*points)
     scatter_identity(axis, predicted, actual)
-    axis.set_title("entropy change per optimiser step (probe states)")
+    stats = identity_stats(points)
+    axis.set_title(
+        f"{title}\ncorrelation {stats['correlation']:.3f}, slope {stats['slope']:.2f}, "
+        f"{stats['num_updates']} steps",
+        fontsize=9,
+    )
+    figure.tight_layout()
     return figure
 
 
 def identity_summary(trainer: Trainer) -> dict[str, float]:
-    """Correlation, sign agreement and least-squares slope of actual on predicted dH."""
-    if not trainer.identity_points:
+    """:func:`identity_stats` of the trainer's probe-set points."""
+    return identity_stats(trainer.identity_points)
+
+
+def identity_stats(points) -> dict[str, float]:
+    """Correlation, sign agreement and least-squares slope of actual on predicted dH.
+
+    Args:
+        points: ``(predicted dH, actual dH)`` pairs in nats, one per optimiser step.
+    """
+    if not points:
         nan = float("nan")
         return {"correlation": nan, "sign_agreement": nan, "slope": nan, "num_updates": 0}
-    predicted, actual = (np.array(v) for v in zip(*trainer.identity_points))
+    predicted, actual = (np.array(v) for v in zip(*points))
     varies = len(actual) > 2 and np.std(predicted) > 0 and np.std(actual) > 0
     correlation = float(np.corrcoef(predicted, actual)[0, 1]) if varies else float("nan")
     slope = float(np.dot(predicted, actual) / max(np.dot(predicted, predicted), 1e-30))

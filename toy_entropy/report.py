@@ -8,14 +8,17 @@ every run directory:
 
 - the claims table (measured, expected, holds) and the tables the experiment put in its
   headline (``headline["tables"]``: ``{"title", "columns", "rows"}`` each, e.g. the methods table);
-- entropy, reward and held-out accuracy curves with seed bands;
-- reward against entropy with the fitted law ``R = -a exp(H) + b``;
+- entropy, reward and held-out accuracy curves, with seed bands where a variant has several
+  seeds; against the RL step, or against the swept setting for runs that sweep one
+  (:data:`SWEEP_AXES`, e.g. bandit-identity's step size);
+- reward against entropy with the fitted law ``R = -a exp(H) + b``, for training runs only
+  (a sweep over a setting is not a trajectory), drawn over the entropies the runs visited;
 - the identity scatter: the actual entropy change per step against each predictor logged
   (``identity/predicted_dH``: the exact per-state covariance; ``granularity/*``: the coarser
   covariances the paper and the algorithms use).
 
-The figure functions take :class:`SubRun` lists, so experiments draw the same figures into
-TensorBoard from the runs they hold in memory.
+Legends sit outside the axes. The figure functions take :class:`SubRun` lists, so experiments
+draw the same figures into TensorBoard from the runs they hold in memory.
 """
 
 from __future__ import annotations
@@ -45,12 +48,23 @@ __all__ = [
     "figure_identity",
     "split_by_length",
     "markdown_table",
+    "claims_markdown",
     "write_report",
 ]
 
 _SEED_RUN = re.compile(r"^(?P<variant>.+)/seed(?P<seed>\d+)$")
 EVAL_KEYS = ("eval/greedy_accuracy", "eval/mean_at_8", "eval/pass_at_8")
 IDENTITY_ACTUAL = "identity/actual_dH"
+SWEEP_AXES = {"identity/log10_eta": "step size eta (log10)"}
+"""A run that logs one of these metrics sweeps a setting instead of training: its "step" is the
+index of the setting, and the metric is its x-axis (label)."""
+AXIS_LABELS = {
+    "entropy": "entropy H [nats]",
+    "reward": "reward [0-1]",
+    "eval/greedy_accuracy": "held-out greedy accuracy [0-1]",
+    "cov/mean": "token covariance, batch mean",
+    "select/frac": "fraction of tokens selected",
+}
 PREDICTOR_LABELS = {
     "identity/predicted_dH": "(i) exact per-state -Cov(log pi, dz)",
     "granularity/neg_sequence_cov": "(ii) per-prompt sequence -Cov(mean log pi, A)",
@@ -94,6 +108,37 @@ class SubRun:
 
     def has(self, key: str) -> bool:
         return any(isinstance(row.get(key), (int, float)) for row in self.rows)
+
+    @property
+    def sweep_axis(self) -> str | None:
+        """The :data:`SWEEP_AXES` metric this run sweeps, or None for a training run."""
+        return next((key for key in SWEEP_AXES if self.has(key)), None)
+
+    def x_axis(self, steps: np.ndarray) -> tuple[np.ndarray, str]:
+        """The x values of ``steps`` and the axis label: the RL step, or the swept setting."""
+        key = self.sweep_axis
+        if key is None:
+            return steps, "RL step"
+        setting = dict(zip(*self.series(key)))
+        return np.array([setting.get(step, np.nan) for step in steps.tolist()]), SWEEP_AXES[key]
+
+
+def axis_label(key: str) -> str:
+    """The y-axis label of metric ``key``, with its unit where it has one."""
+    if key in AXIS_LABELS:
+        return AXIS_LABELS[key]
+    match = re.fullmatch(r"eval/(mean|pass)_at_(\d+)", key)
+    if match:
+        return f"held-out {match[1]}@{match[2]} [0-1]"
+    return key
+
+
+def seed_counts(sub_runs: Sequence[SubRun]) -> list[int]:
+    """Seeds per variant (1 for a run that is not a ``<variant>/seed<S>`` run)."""
+    counts: dict[str, int] = {}
+    for run in sub_runs:
+        counts[run.variant] = counts.get(run.variant, 0) + 1
+    return list(counts.values())
 
 
 @dataclass
@@ -189,26 +234,34 @@ def _colors(sub_runs: Sequence[SubRun]) -> dict[str, Any]:
 
 
 def figure_curves(sub_runs: Sequence[SubRun], keys: Sequence[str], title: str = ""):
-    """One panel per metric in ``keys``; one mean +/- std band per variant. None if no data."""
+    """One panel per metric in ``keys``, side by side; one curve per variant, with a mean +/-
+    std band where it has several seeds. The legend sits below the panels. None if no run
+    logs any of ``keys``."""
     keys = [key for key in keys if any(run.has(key) for run in sub_runs)]
     if not keys:
         return None
     colors = _colors(sub_runs)
-    figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
-    for axis, key in zip(axes[0], keys):
+    figure, axes = plt.subplots(
+        1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False, layout="constrained"
+    )
+    drawn: dict[str, Any] = {}  # variant -> colour, in the order of the palette
+    for axis, key in zip(axes.ravel(), keys):
         for variant, runs in _by_variant(sub_runs, key).items():
             steps, mean, std = _band(runs, key)
+            x, x_label = runs[0].x_axis(steps)
             spread = std if len(runs) > 1 else None
-            band_plot(axis, steps, mean, spread, label=variant, color=colors[variant])
-        axis.set_xlabel("RL step")
-        axis.set_title(key + (" [nats]" if key.startswith("entropy") else ""), fontsize=9)
-    handles = [plt.Line2D([], [], color=color) for color in colors.values()]
-    if len(colors) > 1:
-        ncol = min(len(colors), 5)
-        figure.legend(handles, list(colors), fontsize=7, loc="lower center", ncol=ncol)
-        figure.tight_layout(rect=(0, 0.06 + 0.05 * ((len(colors) - 1) // ncol), 1, 0.95))
-    else:
-        figure.tight_layout()
+            band_plot(axis, x, mean, spread, label=variant, color=colors[variant])
+            drawn[variant] = colors[variant]
+        axis.set_xlabel(x_label)
+        axis.set_ylabel(axis_label(key))
+    if len(drawn) > 1:
+        figure.legend(
+            [plt.Line2D([], [], color=color) for color in drawn.values()],
+            list(drawn),
+            fontsize=7,
+            loc="outside lower center",
+            ncol=min(len(drawn), 3 * len(keys)),
+        )
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
@@ -225,14 +278,21 @@ def split_by_length(sub_runs: Sequence[SubRun]) -> list[list[SubRun]]:
 
 def figure_law(sub_runs: Sequence[SubRun], title: str = ""):
     """Reward against entropy per variant with ``R = -a exp(H) + b`` fitted on all its points
-    (solid) and on the first 15% of each run's steps (dotted). None without entropy and reward."""
+    (solid) and on the first 15% of each run's steps (dotted), drawn over the entropies the
+    variant visited (the ceiling ``b - a`` at H = 0 is in the legend, not drawn). Training runs
+    only: a run sweeping a setting (:data:`SWEEP_AXES`) is not a trajectory. None without
+    entropy and reward."""
     groups = _by_variant(sub_runs, "reward")
-    groups = {v: [r for r in runs if r.has("entropy")] for v, runs in groups.items()}
+    groups = {
+        v: [r for r in runs if r.has("entropy") and r.sweep_axis is None]
+        for v, runs in groups.items()
+    }
     groups = {v: runs for v, runs in groups.items() if runs}
     if not groups:
         return None
     colors = _colors(sub_runs)
-    figure, axis = plt.subplots(figsize=(5.5, 4.2))
+    figure, axis = plt.subplots(figsize=(5.5, 4.2), layout="constrained")
+    drawn = 0
     for variant, runs in groups.items():
         entropy, reward, early_h, early_r = [], [], [], []
         for run in runs:
@@ -252,16 +312,23 @@ def figure_law(sub_runs: Sequence[SubRun], title: str = ""):
         h, r = np.concatenate(entropy), np.concatenate(reward)
         color = colors[variant]
         axis.scatter(h, r, s=5, alpha=0.35, color=color)
-        grid = np.linspace(0.0, h.max() * 1.05, 100)
+        grid = np.linspace(h.min(), h.max(), 100)
         fit = fit_entropy_reward_law(h, r)
-        label = f"{variant}: a={fit.a:.2f}, b={fit.b:.2f}, R2={fit.r2:.2f}"
+        name = f"{variant}: " if len(groups) > 1 else ""
+        label = f"{name}a={fit.a:.2f}, b={fit.b:.2f}, R2={fit.r2:.2f}, b-a={fit.ceiling:.2f}"
         axis.plot(grid, fit.predict(grid), color=color, label=label)
         early = fit_entropy_reward_law(np.concatenate(early_h), np.concatenate(early_r))
         axis.plot(grid, early.predict(grid), color=color, linestyle=":")
+        drawn += 1
+    if not drawn:
+        plt.close(figure)
+        return None
     axis.set_xlabel("entropy H [nats]")
-    axis.set_ylabel("reward")
-    axis.legend(fontsize=7)
-    axis.set_title(title or "R = -a exp(H) + b (solid: all steps, dotted: first 15%)", fontsize=9)
+    axis.set_ylabel("reward [0-1]")
+    figure.legend(fontsize=7, loc="outside lower center", ncol=1 if drawn < 4 else 2)
+    subtitle = "solid: fit on all steps, dotted: fit on the first 15%"
+    axis.set_title(f"{title}\n{subtitle}" if title else f"R = -a exp(H) + b ({subtitle})",
+                   fontsize=9)  # fmt: skip
     return figure
 
 
@@ -281,7 +348,7 @@ def figure_identity(sub_runs: Sequence[SubRun], title: str = ""):
         return None
     colors = _colors(sub_runs)
     figure, axes = plt.subplots(
-        1, len(predictors), figsize=(4.3 * len(predictors), 4), squeeze=False
+        1, len(predictors), figsize=(4.3 * len(predictors), 4), squeeze=False, layout="constrained"
     )
     for axis, key in zip(axes[0], predictors):
         for variant, runs in _by_variant(sub_runs, key).items():
@@ -309,11 +376,14 @@ def figure_identity(sub_runs: Sequence[SubRun], title: str = ""):
             axis.set_xlabel("predicted dH = -Cov(log pi, dz)  [nats]")
         else:
             axis.set_xlabel("predictor x fitted scale  [nats]")
-    if len(_by_variant(sub_runs, predictors[0])) > 1:
-        axes[0][0].legend(fontsize=7)
+    variants = len(_by_variant(sub_runs, predictors[0]))
+    if variants > 1:
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        figure.legend(
+            handles, labels, fontsize=7, loc="outside lower center", ncol=min(variants, 5)
+        )
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
     return figure
 
 
@@ -341,7 +411,7 @@ def _measured(value: Any) -> str:
     return _cell(value)
 
 
-def _claims_markdown(claims: Sequence[dict]) -> str:
+def claims_markdown(claims: Sequence[dict]) -> str:
     rows = [
         (
             "yes" if c.get("holds") else "**no**",
@@ -403,6 +473,29 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     return out
 
 
+LAW_CAPTION = (
+    "Reward against entropy with the law R = -a exp(H) + b fitted on all steps (solid) and on "
+    "the first 15% (dotted)"
+)
+IDENTITY_CAPTION = "Actual entropy change against its predictors"
+
+
+def curves_caption(sub_runs: Sequence[SubRun], keys: Sequence[str]) -> str:
+    """What :func:`figure_curves` of ``sub_runs`` shows: the metrics logged, against what, and
+    "mean +/- std over N seeds" only when some variant has several seeds."""
+    names = {"entropy": "entropy", "reward": "reward"}
+    shown = [names.get(k, "held-out accuracy") for k in keys if any(r.has(k) for r in sub_runs)]
+    shown = list(dict.fromkeys(shown))
+    if not shown:
+        return ""
+    what = ", ".join(shown[:-1]) + (" and " if len(shown) > 1 else "") + shown[-1]
+    sweeps = {SWEEP_AXES[r.sweep_axis] for r in sub_runs if r.sweep_axis is not None}
+    against = " against the " + ", ".join(sorted(sweeps)) if sweeps else " per RL step"
+    seeds = max(seed_counts(sub_runs), default=1)
+    spread = f" (mean +/- std over {seeds} seeds)" if seeds > 1 else ""
+    return what[0].upper() + what[1:] + against + spread
+
+
 def _run_section(run: RunDirectory, index: int, figures: Path, root: Path) -> list[str]:
     claims = run.summary.get("claims", [])
     held = sum(bool(c.get("holds")) for c in claims)
@@ -415,25 +508,24 @@ def _run_section(run: RunDirectory, index: int, figures: Path, root: Path) -> li
         "",
     ]
     if claims:
-        lines += ["### Claims", "", _claims_markdown(claims), ""]
+        lines += ["### Claims", "", claims_markdown(claims), ""]
     for table in run.summary.get("headline", {}).get("tables", []):
         lines += [f"### {table['title']}", "", markdown_table(table["columns"], table["rows"]), ""]
+    # The top-level run is named after the experiment in legends, not ".".
+    sub_runs = [SubRun(run.experiment, r.rows) if r.name == "." else r for r in run.sub_runs]
     keys = ("entropy", "reward", *EVAL_KEYS[:2])
     made = [
-        (f"curves{i}", figure_curves(group, keys))
-        for i, group in enumerate(split_by_length(run.sub_runs))
+        (f"curves{i}", figure_curves(group, keys), curves_caption(group, keys))
+        for i, group in enumerate(split_by_length(sub_runs))
     ]
-    made += [("law", figure_law(run.sub_runs)), ("identity", figure_identity(run.sub_runs))]
-    captions = {
-        "curves": "Entropy, reward and held-out accuracy (mean +/- std over seeds)",
-        "law": "Reward against entropy with the fitted law",
-        "identity": "Actual entropy change per step against its predictors",
-    }
-    for kind, figure in made:
+    made += [
+        ("law", figure_law(sub_runs), LAW_CAPTION),
+        ("identity", figure_identity(sub_runs), IDENTITY_CAPTION),
+    ]
+    for kind, figure, caption in made:
         if figure is None:
             continue
         path = _save(figure, figures, f"{index:02d}_{run.experiment}_{kind}")
-        caption = captions[kind.rstrip("0123456789")]
         lines += [f"![{caption}]({path.relative_to(root).as_posix()})", ""]
     headline = {k: v for k, v in run.summary.get("headline", {}).items() if k != "tables"}
     if headline:

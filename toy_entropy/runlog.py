@@ -43,6 +43,7 @@ __all__ = [
     "drop_events_after",
     "environment_info",
     "file_mode",
+    "tensorboard_tag",
     "to_jsonable",
     "truncate_metrics",
     "write_run_summary",
@@ -176,7 +177,8 @@ def drop_events_after(directory: Path, last_step: int) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _tensorboard_tag(name: str) -> str:
+def tensorboard_tag(name: str) -> str:
+    """The TensorBoard tag of metric ``name``: ``charts/<name>`` for a headline name."""
     return name if "/" in name else f"charts/{name}"
 
 
@@ -215,7 +217,7 @@ class RunWriter:
         if self._tb is not None:
             for name, value in row.items():
                 if name != "step" and isinstance(value, (int, float)) and value is not None:
-                    self._tb.add_scalar(_tensorboard_tag(name), value, int(step))
+                    self._tb.add_scalar(tensorboard_tag(name), value, int(step))
         row = {name: value for name, value in row.items() if not name.startswith("perf/")}
         if self._metrics_file is None:
             self._metrics_file = open(self.directory / "metrics.jsonl", "ab", buffering=0)  # noqa: SIM115

@@ -16,7 +16,8 @@ chart draws a value tag with a lower and an upper tag; every variant's aggregate
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 
 __all__ = ["band_tags", "teaching_layout", "add_layout"]
 
@@ -32,11 +33,14 @@ def band_tags(key: str) -> tuple[str, str, str]:
     return value, f"band/{flat}_low", f"band/{flat}_high"
 
 
-def teaching_layout(band_keys: Sequence[str] = ()) -> dict:
+def teaching_layout(band_keys: Sequence[str] = (), logged: Collection[str] | None = None) -> dict:
     """The layout as ``SummaryWriter.add_custom_scalars`` takes it.
 
     Args:
         band_keys: metrics logged as seed bands (see :func:`band_tags`); one margin chart each.
+        logged: the TensorBoard tags the run logged; if given, only the charts that draw one
+            of them are kept (and categories left without charts are dropped), so that no
+            chart opens empty.
     """
     layout = {
         "1 entropy is traded for reward": {
@@ -68,10 +72,28 @@ def teaching_layout(band_keys: Sequence[str] = ()) -> dict:
         layout["4 mean +/- std over seeds, per variant"] = {
             key: ["Margin", list(band_tags(key))] for key in band_keys
         }
-    return layout
+    if logged is None:
+        return layout
+    kept = {
+        category: {
+            title: chart
+            for title, chart in charts.items()
+            if any(re.search(pattern, tag) for pattern in chart[1] for tag in logged)
+        }
+        for category, charts in layout.items()
+    }
+    return {category: charts for category, charts in kept.items() if charts}
 
 
-def add_layout(summary_writer, band_keys: Sequence[str] = ()) -> None:
-    """Write :func:`teaching_layout` into a ``torch.utils.tensorboard.SummaryWriter``'s run."""
+def add_layout(
+    summary_writer,
+    band_keys: Sequence[str] = (),
+    layout: dict | None = None,
+    logged: Collection[str] | None = None,
+) -> None:
+    """Write ``layout`` (default: :func:`teaching_layout` of ``band_keys`` and ``logged``) into
+    a ``torch.utils.tensorboard.SummaryWriter``'s run; nothing when the writer is ``None``."""
     if summary_writer is not None:
-        summary_writer.add_custom_scalars(teaching_layout(band_keys))
+        if layout is None:
+            layout = teaching_layout(band_keys, logged)
+        summary_writer.add_custom_scalars(layout)
