@@ -33,6 +33,7 @@ _EXPERIMENT_MODULES = (
     "experiments.clip_higher_cov",
     "experiments.identity_granularity",
     "experiments.entropy_targets",
+    "experiments.cure",
 )
 
 

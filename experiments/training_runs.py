@@ -58,8 +58,9 @@ def train_one_run(
 
 def identity_figure(trainer: Trainer):
     figure, axis = plt.subplots(figsize=(4.5, 4))
-    predicted, actual = zip(*trainer.identity_points)
-    scatter_identity(axis, predicted, actual)
+    if trainer.identity_points:  # none when the group filter left no update at all
+        predicted, actual = zip(*trainer.identity_points)
+        scatter_identity(axis, predicted, actual)
     axis.set_title("entropy change per optimiser step (probe states)")
     return figure
 

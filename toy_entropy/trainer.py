@@ -63,6 +63,7 @@ ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce")
 GLOBAL_METRIC_KEYS = (
     "rewards",
     "mask",
+    "response_mask",
     "token_entropy",
     "old_log_probs",
     "advantages",
@@ -528,6 +529,7 @@ class Trainer:
         grouped = rewards.view(num_prompts, cfg.num_generations)
         advantages = compute_advantages(cfg.advantage_estimator, grouped).reshape(-1)  # (B,)
         mask = mask.bool()
+        response_mask = mask  # every response, also those of filtered groups (for metrics)
         if cfg.filter_groups:
             keep = filter_uniform_groups(grouped).repeat_interleave(cfg.num_generations)  # (B,)
             mask = mask & keep[:, None]
@@ -543,6 +545,7 @@ class Trainer:
             "attention": attention,
             "responses": responses,
             "mask": mask,
+            "response_mask": response_mask,
             "rewards": rewards,
             "advantages": advantages[:, None].expand_as(old_log_probs).contiguous(),
             "old_log_probs": old_log_probs,
@@ -634,7 +637,7 @@ class Trainer:
         batch = self.rollout()
         rollout_seconds = time.perf_counter() - started
         shard, batch = batch, self.parallel.gather_batch(batch, GLOBAL_METRIC_KEYS)
-        mask = batch["mask"]
+        mask = batch["response_mask"]  # the entropy is of all responses, filtered or not
         metrics: dict[str, torch.Tensor] = {
             "reward": batch["rewards"].mean(),
             "entropy": masked_response_mean(batch["token_entropy"], mask),
@@ -649,8 +652,9 @@ class Trainer:
         }
         update_metrics: dict[str, list[torch.Tensor]] = {}
         identity_actual, identity_predicted = [], []
+        empty_updates = 0
         started = time.perf_counter()
-        for iteration in range(cfg.num_iterations):
+        for _ in range(cfg.num_iterations):
             passes = mini_batch_rows(
                 cfg.num_prompts,
                 cfg.num_generations,
@@ -658,9 +662,12 @@ class Trainer:
                 self.generator,
                 self.parallel,
             )
-            for index, rows in enumerate(passes):
+            for rows in passes:
+                if cfg.filter_groups and not self._any_valid(shard["mask"][rows]):
+                    empty_updates += 1  # every group of this mini-batch was filtered out
+                    continue
                 before = self._probe_logits()
-                step_metrics = self._optimise(shard, rows, on_policy=iteration == index == 0)
+                step_metrics = self._optimise(shard, rows, on_policy=not identity_actual)
                 after = self._probe_logits()
                 actual, predicted = self._identity(before, after)
                 identity_actual.append(actual)
@@ -672,7 +679,13 @@ class Trainer:
             # Diagnostics undefined on some updates (no token admitted) average over the rest.
             mean = torch.nanmean if name in NAN_AWARE_METRICS else torch.mean
             metrics[name] = mean(torch.stack(values).double())
-        identity = torch.stack([torch.stack(identity_predicted), torch.stack(identity_actual)])
+        metrics["filter/empty_updates"] = torch.tensor(float(empty_updates))
+        if identity_actual:
+            identity = torch.stack([torch.stack(identity_predicted), torch.stack(identity_actual)])
+        else:  # no update this step: every group of the rollout was filtered out
+            identity = torch.zeros(2, 0, dtype=torch.float64, device=self.device)
+            for name in ("loss/total", "optim/grad_norm"):
+                metrics[name] = torch.zeros((), dtype=torch.float64, device=self.device)
         metrics["identity/actual_dH"] = identity[1].sum()
         metrics["identity/predicted_dH"] = identity[0].sum()
         if self.reference is not None:
@@ -738,6 +751,11 @@ class Trainer:
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
             self.save_checkpoint()
         return host
+
+    def _any_valid(self, mask: torch.Tensor) -> bool:
+        """Whether a mini-batch holds a valid token on any rank (one host sync; called only
+        with ``filter_groups``, which can leave a mini-batch empty)."""
+        return bool(self.parallel.sum({"n": mask.sum()})["n"] > 0)
 
     def _snapshot(self) -> dict:
         """Device copies of the model and optimiser state (no host sync), to drop an update."""

@@ -136,7 +136,8 @@ def covariance_metrics(
             ``max(q) * B * T`` positions is the costly part).
 
     Returns:
-        ``cov/mean``, ``cov/pos_frac``, ``cov/top_...%_mean``, ``cov/top_...%_share`` (the
+        ``cov/mean``, ``cov/pos_frac``, ``cov/valid_tokens`` (N, the optimisation batch's
+        valid tokens), ``cov/top_...%_mean``, ``cov/top_...%_share`` (the
         sum of the top tokens' positive covariances over the sum of all positive
         covariances, in [0, 1]; NaN when no covariance is positive), ``cov/tail_ratio`` (the
         smallest fraction's top mean over ``cov/mean``; with the default fractions the top
@@ -161,7 +162,11 @@ def covariance_metrics(
         row_stats.append(admitted.sum(dim=-1, dtype=torch.float64))
         row_stats.append(torch.where(admitted, cov, 0.0).sum(dim=-1, dtype=torch.float64))
     totals = global_row_sum(comm, torch.stack(row_stats, dim=-1))  # (K,)
-    metrics = {"cov/mean": totals[0] / n_tokens, "cov/pos_frac": totals[1] / n_tokens}
+    metrics = {
+        "cov/mean": totals[0] / n_tokens,
+        "cov/pos_frac": totals[1] / n_tokens,
+        "cov/valid_tokens": n_tokens.to(torch.float64),
+    }
     if clip_higher:
         metrics["cov/clip_higher_admitted_mean"] = totals[4] / totals[3]
         metrics["cov/clip_higher_admitted_frac"] = totals[3] / n_tokens
