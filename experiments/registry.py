@@ -34,6 +34,7 @@ _EXPERIMENT_MODULES = (
     "experiments.identity_granularity",
     "experiments.entropy_targets",
     "experiments.cure",
+    "experiments.cure_exact",
 )
 
 
