@@ -23,6 +23,7 @@ import numpy as np
 from experiments.probes import ClipHigherAdmitted
 from experiments.registry import ExperimentResult, RunContext, experiment
 from experiments.sweeps import RunResult, RunSpec, group_by_variant, log_seed_bands, run_sweep
+from experiments.table1 import report_table1
 from toy_entropy.claims import less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import finite_mean
@@ -142,6 +143,7 @@ def run(config: ClipHigherCovConfig, context: RunContext) -> ExperimentResult:
     keys = ("clip_higher/admitted_cov_mean", "clip_higher/cov_mean", "entropy")
     writer.add_figure("clip_higher/admitted_covariance", figure_curves(sub_runs, keys))
     headline = {"paper_admitted_cov": PAPER_ADMITTED_COV, "tasks": per_task, "tables": [table]}
+    headline["table1"] = report_table1(context, results, "all tasks, step 1")
     return ExperimentResult(headline, claims)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from experiments.methods import CLIP_COV_PPO, method_stats
 from experiments.registry import ExperimentResult, RunContext, experiment
 from experiments.sweeps import RunResult, RunSpec, group_by_variant, log_seed_bands, run_sweep
-from experiments.table1 import table1_measured, table1_table
+from experiments.table1 import report_table1
 from toy_entropy.claims import Claim, between, greater_than, less_than
 from toy_entropy.config import ConfigError, check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import confidence_interval, rank_correlation
@@ -256,13 +256,14 @@ def run(config: CureConfig, context: RunContext) -> ExperimentResult:
     )
     groups = group_by_variant(results)
     stats = {method: _stats(group, k) for method, group in groups.items()}
-    measured = table1_measured(groups.get("grpo", results))
-    tables = [table1_table(measured, "fork task, step 1"), _methods_table(stats, k)]
+    table1 = report_table1(context, groups.get("grpo", results), "fork task, step 1")
+    measured = table1["measured"]
+    methods_table = _methods_table(stats, k)
+    tables = [table1["table"], methods_table]
+    text = markdown_table(methods_table["columns"], methods_table["rows"])
+    print(f"\n{methods_table['title']}\n{text}")
     writer = context.writer()
-    for table in tables:
-        text = markdown_table(table["columns"], table["rows"])
-        print(f"\n{table['title']}\n{text}")
-        writer.add_text(f"cure/{table['title'].split(':')[0]}", text)
+    writer.add_text("cure/methods", text)
     sub_runs = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
     figure = figure_curves(sub_runs, ("entropy", "reward", "cov/tail_ratio"), "cure")
     figure.savefig(context.out_dir / "cure_curves.png", dpi=80)

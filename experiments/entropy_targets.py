@@ -27,6 +27,7 @@ import numpy as np
 from experiments.methods import CLIP_COV_PPO
 from experiments.registry import ExperimentResult, RunContext, experiment
 from experiments.sweeps import RunSpec, group_by_variant, log_seed_bands, run_sweep
+from experiments.table1 import report_table1
 from toy_entropy.claims import Claim, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import rank_correlation
@@ -221,6 +222,7 @@ def run(config: EntropyTargetsConfig, context: RunContext) -> ExperimentResult:
     keys = ("entropy", f"control/{config.knob}", f"eval/mean_at_{k}")
     writer.add_figure("targets/entropy_knob_accuracy", figure_curves(sub_runs, keys))
     headline = {
+        "table1": report_table1(context, results, "countdown, step 1"),
         "knob": config.knob,
         "variants": per_variant,
         "accuracy_vs_target_rank_correlation": trend,

@@ -24,6 +24,7 @@ import numpy as np
 from experiments.methods import CLIP_COV_PPO
 from experiments.registry import ExperimentResult, RunContext, experiment
 from experiments.sweeps import RunResult, RunSpec, group_by_variant, log_seed_bands, run_sweep
+from experiments.table1 import report_table1
 from toy_entropy.claims import Claim, greater_than, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import moving_average
@@ -206,6 +207,7 @@ def run(config: LawConfig, context: RunContext) -> ExperimentResult:
     context.writer().add_figure("law/reward_vs_entropy", figure_law(sub_runs))
     context.writer().add_text("law/table", markdown_table(table["columns"], table["rows"]))
     headline = {
+        "table1": report_table1(context, results, "reverse, all variants, step 1"),
         "variants": per_variant,
         "estimator_spread_z": across_estimators,
         "size_loglinear": across_sizes,

@@ -31,6 +31,7 @@ import numpy as np
 
 from experiments.registry import ExperimentResult, RunContext, experiment
 from experiments.sweeps import RunResult, RunSpec, group_by_variant, log_seed_bands, run_sweep
+from experiments.table1 import report_table1
 from toy_entropy.claims import Claim, between, greater_than, less_than
 from toy_entropy.config import check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import finite_mean, rank_correlation
@@ -211,6 +212,7 @@ def run(config: MethodsConfig, context: RunContext) -> ExperimentResult:
     figure = figure_curves(sub_runs, ("entropy", "reward", f"eval/mean_at_{k}"), "methods")
     writer.add_figure("methods/entropy_reward_accuracy", figure)
     headline = {
+        "table1": report_table1(context, results, f"{config.task}, step 1"),
         "task": config.task,
         "budget": {
             "steps": config.total_steps,

@@ -13,25 +13,33 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from experiments.registry import RunContext
 from experiments.sweeps import RunResult
 from toy_entropy.curve_stats import finite_mean
 from toy_entropy.losses.diagnostics import COV_TOP_FRACTIONS, PAPER_TABLE1
+from toy_entropy.report import markdown_table
 
-__all__ = ["table1_measured", "table1_table"]
+__all__ = ["table1_measured", "table1_table", "report_table1"]
 
 
 def _label(fraction: float) -> str:
     return f"{100 * fraction:g}%"
 
 
-def table1_measured(results: Sequence[RunResult], step: int = 1) -> dict[str, float]:
+def table1_measured(
+    results: Sequence[RunResult | Sequence[dict]], step: int = 1
+) -> dict[str, float]:
     """Step-``step`` covariance tail statistics, mean over ``results`` (NaN where not logged).
+
+    ``results`` are sweep results or, for single runs, lists of per-step metric rows (each
+    with ``step``).
 
     Returns keys ``top_<q>%_mean``, ``top_<q>%_share`` for the Table 1 fractions, ``mean``,
     ``tail_ratio`` (of the averaged means, so a batch with a near-zero mean does not dominate)
     and ``valid_tokens`` (per optimisation batch).
     """
-    rows = [next((row for row in r.rows if row["step"] == step), {}) for r in results]
+    runs = [r.rows if isinstance(r, RunResult) else r for r in results]
+    rows = [next((row for row in run if row.get("step") == step), {}) for run in runs]
 
     def mean_of(key: str) -> float:
         return finite_mean([row.get(key, np.nan) for row in rows]) if rows else float("nan")
@@ -58,3 +66,16 @@ def table1_table(measured: dict[str, float], label: str) -> dict:
     ours += [f"{measured[f'top_{_label(q)}_share']:.3f}" for q in COV_TOP_FRACTIONS[:3]]
     return {"title": "Table 1: token covariance at step 1", "columns": columns,
             "rows": [paper, ours]}  # fmt: skip
+
+
+def report_table1(
+    context: RunContext, results: Sequence[RunResult | Sequence[dict]], label: str
+) -> dict[str, dict]:
+    """Print the Table 1 rows (the paper's and ``label``'s), log them as TensorBoard text and
+    return ``{"paper": ..., "measured": ...}`` for the summary."""
+    measured = table1_measured(results)
+    table = table1_table(measured, label)
+    text = markdown_table(table["columns"], table["rows"])
+    print(f"\n{table['title']}\n{text}")
+    context.writer().add_text("table1", text)
+    return {"paper": PAPER_TABLE1, "measured": measured, "table": table}
