@@ -38,7 +38,7 @@ from toy_entropy.curve_stats import finite_mean, rank_correlation
 from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.trainer import TrainConfig
 
-__all__ = ["METHODS", "MethodsConfig", "method_config", "method_stats"]
+__all__ = ["METHODS", "MethodsConfig", "method_config", "method_stats", "methods_claims"]
 
 METHODS: dict[str, dict] = {
     "grpo": {},
@@ -223,7 +223,7 @@ def run(config: MethodsConfig, context: RunContext) -> ExperimentResult:
         "methods": stats,
         "tables": [table],
     }
-    return ExperimentResult(headline, _claims(stats, k))
+    return ExperimentResult(headline, methods_claims(stats, k))
 
 
 def _pm(stat: dict, digits: int = 3) -> str:
@@ -267,7 +267,7 @@ def _parameter(method: str) -> float:
     return float(METHODS[method][SWEPT_FIELD[family(method)]])
 
 
-def _claims(stats: dict[str, dict], k: int) -> list[Claim]:
+def methods_claims(stats: dict[str, dict], k: int) -> list[Claim]:
     """The paper's qualitative claims, for the methods that were run."""
     claims: list[Claim] = []
     if "grpo" not in stats:
