@@ -31,7 +31,7 @@ from experiments.sweeps import RunResult, RunSpec, group_by_variant, log_seed_ba
 from experiments.table1 import report_table1
 from toy_entropy.claims import Claim, between, greater_than, less_than
 from toy_entropy.config import ConfigError, check_choice, check_positive_int, check_range
-from toy_entropy.curve_stats import confidence_interval, rank_correlation
+from toy_entropy.curve_stats import confidence_interval, finite_mean, rank_correlation
 from toy_entropy.losses.diagnostics import PAPER_TABLE1
 from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.scale_presets import parse_task_kwargs
@@ -184,11 +184,11 @@ def _stats(results: list[RunResult], k: int) -> dict[str, dict]:
     stats = method_stats(results, k)
     extra = {
         "roughness": [roughness(r.column("entropy")) for r in results],
-        "valid_tokens": [float(np.nanmean(r.column("cov/valid_tokens"))) for r in results],
+        "valid_tokens": [finite_mean(r.column("cov/valid_tokens")) for r in results],
         "tail_ratio_step1": [float(r.column("cov/tail_ratio")[0]) for r in results],
     }
     for name, values in extra.items():
-        stats[name] = {"mean": float(np.nanmean(values)), "seeds": values}
+        stats[name] = {"mean": finite_mean(values), "seeds": values}
     for stat in stats.values():
         stat["ci95"] = confidence_interval(stat["seeds"])[1]
     return stats
