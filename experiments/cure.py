@@ -101,6 +101,9 @@ class CureConfig:
     """share of hard prompts"""
     warmstart_steps: int = 1000
     """supervised warm-start steps"""
+    shared_warm_start: bool = True
+    """every run starts from the warm start of the base seed (seeds vary the RL only, as the
+    paper's runs share a base model); False: one warm start per seed"""
     eval_every: int = 10
     """held-out evaluation every this many steps"""
     eval_prompts: int = 128
@@ -131,8 +134,11 @@ def _task_kwargs(config: CureConfig) -> str:
     return ",".join(f"{name}={getattr(config, name)}" for name in names)
 
 
-def cure_train_config(config: CureConfig, method: str, num_prompts: int) -> TrainConfig:
-    """The TrainConfig of ``method`` under the shared budget of ``config``."""
+def cure_train_config(
+    config: CureConfig, method: str, num_prompts: int, warmstart_seed: int = -1
+) -> TrainConfig:
+    """The TrainConfig of ``method`` under the shared budget of ``config`` (``warmstart_seed``:
+    as the TrainConfig field)."""
     from envs.sequence import make_task
 
     task_kwargs = _task_kwargs(config)
@@ -149,6 +155,7 @@ def cure_train_config(config: CureConfig, method: str, num_prompts: int) -> Trai
         extra_tokens=config.vocab_size - base_vocab,
         model_preset=config.model_preset,
         warmstart_steps=config.warmstart_steps,
+        warmstart_seed=warmstart_seed,
         warmstart_noise=0.0,  # the task's own demonstrations carry the noise
         total_steps=config.total_steps,
         num_prompts=num_prompts,
@@ -247,8 +254,9 @@ def run(config: CureConfig, context: RunContext) -> ExperimentResult:
     if config.smoke_test:
         print(SMOKE_BANNER, flush=True)
     num_prompts = _resolve_prompts(config, context.device.type)
+    warm_seed = context.seed if config.shared_warm_start else -1
     specs = [
-        RunSpec(method, context.seed + i, cure_train_config(config, method, num_prompts))
+        RunSpec(method, context.seed + i, cure_train_config(config, method, num_prompts, warm_seed))
         for method in config.methods
         for i in range(config.num_seeds)
     ]

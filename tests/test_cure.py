@@ -83,3 +83,19 @@ def test_roughness_of_known_curves():
     assert roughness(np.full(20, 0.5)) == 0.0
     zigzag = np.array([1.0, 2.0] * 10)  # second half: steps of +-1 around a mean of 1.5
     assert roughness(zigzag) == pytest.approx(np.std([1, -1] * 4 + [1], ddof=1) / 1.5)
+
+
+def test_runs_sharing_a_warm_start_seed_start_from_one_model(tmp_path, monkeypatch, one_thread):
+    from toy_entropy.trainer import Trainer
+
+    monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
+    tiny = CureConfig(num_forks=1, segment_length=2, vocab_size=40, warmstart_steps=3)
+    shared = [
+        Trainer(cure_train_config(tiny, "grpo", 4, warmstart_seed=7), seed, torch.device("cpu"))
+        for seed in (1, 2)
+    ]
+    own = Trainer(cure_train_config(tiny, "grpo", 4), 2, torch.device("cpu"))
+    first, second = (t.model.state_dict() for t in shared)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], own.model.state_dict()[k]) for k in first)
+    assert shared[0].rng.random() != shared[1].rng.random()  # the RL randomness differs

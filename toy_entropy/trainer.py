@@ -96,6 +96,9 @@ class TrainConfig:
     """fraction of warm-start demonstrations that are corrupted (sets starting accuracy)"""
     warmstart_lr: float = 3e-3
     """warm-start learning rate"""
+    warmstart_seed: int = -1
+    """seed of the warm start (-1: the run's seed); runs sharing it start from one model, as RL
+    runs of a paper start from one base model"""
     total_steps: int = 60
     """RL steps (one rollout each)"""
     num_prompts: int = 16
@@ -194,6 +197,7 @@ class TrainConfig:
         check_range("warmstart_steps", self.warmstart_steps, 0)
         check_range("warmstart_noise", self.warmstart_noise, 0, 1)
         check_range("warmstart_lr", self.warmstart_lr, 0, low_inclusive=False)
+        check_range("warmstart_seed", self.warmstart_seed, -1)
         for name in ("total_steps", "num_prompts", "num_iterations", "num_mini_batches"):
             check_positive_int(name, getattr(self, name))
         check_range("num_generations", self.num_generations, 2)
@@ -291,6 +295,7 @@ class Trainer:
         parallel: DataParallel | None = None,
     ) -> None:
         self.config, self.seed, self.device = config, seed, torch.device(device)
+        self.warm_seed = seed if config.warmstart_seed < 0 else config.warmstart_seed
         self.log_fn, self.writer = log_fn, writer
         self.checkpoint_dir = checkpoint_dir
         self.parallel = parallel or DataParallel()
@@ -312,7 +317,7 @@ class Trainer:
         task_spec = {"name": config.task, "extra_tokens": config.extra_tokens}
         task_spec.update(config.task_args())
         self.model, self.warm_from_cache = warm_start(
-            self.task, task_spec, model_config, warm, seed, self.device
+            self.task, task_spec, model_config, warm, self.warm_seed, self.device
         )
         # The loss forward; under DDP its construction broadcasts rank 0's parameters.
         self.policy = self.parallel.wrap(HiddenStates(self.model), self.device)
