@@ -538,7 +538,9 @@ class Trainer:
         if cfg.filter_groups:
             keep = filter_uniform_groups(grouped).repeat_interleave(cfg.num_generations)  # (B,)
             mask = mask & keep[:, None]
-        tokens, attention = self._sequence(prompt_tokens, responses, mask)
+        # Attention covers every generated token, also in filtered groups (whose rows the loss
+        # mask drops), so their scored log-probs and entropy are those the policy sampled from.
+        tokens, attention = self._sequence(prompt_tokens, responses, response_mask)
         old_log_probs, token_entropy = self._score(self.model, tokens, attention, responses, True)
         ref_log_probs = None
         if self.reference is not None:
