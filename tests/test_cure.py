@@ -99,3 +99,22 @@ def test_runs_sharing_a_warm_start_seed_start_from_one_model(tmp_path, monkeypat
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], own.model.state_dict()[k]) for k in first)
     assert shared[0].rng.random() != shared[1].rng.random()  # the RL randomness differs
+
+
+def test_filtered_groups_are_scored_with_their_own_tokens(tmp_path, monkeypatch, one_thread):
+    """With the all-equal group filter, the loss mask drops filtered rows but attention must
+    not: their log-probs and entropy are those the policy sampled with."""
+    from toy_entropy.trainer import Trainer
+
+    monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
+    tiny = CureConfig(num_forks=2, segment_length=3, vocab_size=48, warmstart_steps=20)
+    trainer = Trainer(cure_train_config(tiny, "grpo", 8), 0, torch.device("cpu"))
+    batch = trainer.rollout()
+    generated = batch["response_mask"]  # (B, T)
+    filtered = generated.any(1) & ~batch["mask"].any(1)  # (B,)
+    assert filtered.any()
+    assert torch.equal(batch["attention"][:, trainer.prompt_length :], generated)
+    # ... and the scored entropy of the filtered rows is that of states the policy visits.
+    entropy = batch["token_entropy"][filtered][generated[filtered]]
+    nll = -batch["old_log_probs"][filtered][generated[filtered]]
+    assert torch.isfinite(entropy).all() and torch.isfinite(nll).all()
