@@ -24,6 +24,8 @@ EXPERIMENT_MODULES = (
     "toy_entropy.experiments.identity",
     "toy_entropy.experiments.entropy_targets",
     "toy_entropy.experiments.lesson",
+    "toy_entropy.experiments.cure",
+    "toy_entropy.experiments.cure_exact",
 )
 """Modules that define experiments (each with one or more ``@experiment`` functions)."""
 

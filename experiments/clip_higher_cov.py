@@ -32,6 +32,7 @@ from toy_entropy.experiments.sweeps import (
     log_seed_bands,
     run_sweep,
 )
+from toy_entropy.experiments.table1 import report_table1
 from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.trainer import TrainConfig
 
@@ -148,6 +149,7 @@ def run(config: ClipHigherCovConfig, context: RunContext) -> ExperimentResult:
     keys = ("clip_higher/admitted_cov_mean", "clip_higher/cov_mean", "entropy")
     writer.add_figure("clip_higher/admitted_covariance", figure_curves(sub_runs, keys))
     headline = {"paper_admitted_cov": PAPER_ADMITTED_COV, "tasks": per_task, "tables": [table]}
+    headline["table1"] = report_table1(context, results, "all tasks, step 1")
     return ExperimentResult(headline, claims)
 
 

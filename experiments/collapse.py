@@ -38,6 +38,7 @@ from toy_entropy.experiments.bandit_priors import prior_problem
 from toy_entropy.experiments.probes import ACCURACY_BUCKETS, covariance_by_accuracy
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import RunSpec, group_by_variant, log_seed_bands, run_sweep
+from toy_entropy.experiments.table1 import report_table1
 from toy_entropy.report import SubRun, figure_curves
 from toy_entropy.trainer import TrainConfig
 
@@ -168,6 +169,7 @@ def run(config: CollapseConfig, context: RunContext) -> ExperimentResult:
             settings[f"bandit-{prior}-{rule}"] = _bandit_summary(prior, rule, config, context)
     claims = _claims(settings, config)
     headline = {"settings": settings, "tables": [_table(settings)]}
+    headline["table1"] = report_table1(context, results, "GRPO, all tasks, step 1")
     _print(settings)
     sub_runs = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
     figure = figure_curves(sub_runs, ("entropy", "reward", "cov/mean"), "GRPO, mean +/- std")

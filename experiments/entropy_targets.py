@@ -31,6 +31,7 @@ from toy_entropy.entropy import masked_response_mean
 from toy_entropy.experiments.methods import CLIP_COV_PPO
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import RunSpec, group_by_variant, log_seed_bands, run_sweep
+from toy_entropy.experiments.table1 import report_table1
 from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.rollout import Rollout
 from toy_entropy.trainer import TrainConfig
@@ -222,6 +223,7 @@ def run(config: EntropyTargetsConfig, context: RunContext) -> ExperimentResult:
     keys = ("entropy", f"control/{config.knob}", f"eval/mean_at_{k}")
     writer.add_figure("targets/entropy_knob_accuracy", figure_curves(sub_runs, keys))
     headline = {
+        "table1": report_table1(context, results, "countdown, step 1"),
         "knob": config.knob,
         "variants": per_variant,
         "accuracy_vs_target_rank_correlation": trend,

@@ -34,6 +34,7 @@ from toy_entropy.experiments.sweeps import (
     log_seed_bands,
     run_sweep,
 )
+from toy_entropy.experiments.table1 import report_table1
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.model import PRESETS
 from toy_entropy.report import SubRun, figure_law, markdown_table
@@ -213,6 +214,7 @@ def run(config: LawConfig, context: RunContext) -> ExperimentResult:
     context.writer().add_figure("law/reward_vs_entropy", figure_law(sub_runs))
     context.writer().add_text("law/table", markdown_table(table["columns"], table["rows"]))
     headline = {
+        "table1": report_table1(context, results, "reverse, all variants, step 1"),
         "variants": per_variant,
         "estimator_spread_z": across_estimators,
         "size_loglinear": across_sizes,

@@ -40,10 +40,11 @@ from toy_entropy.experiments.sweeps import (
     log_seed_bands,
     run_sweep,
 )
+from toy_entropy.experiments.table1 import report_table1
 from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.trainer import TrainConfig
 
-__all__ = ["METHODS", "MethodsConfig", "method_config", "method_stats"]
+__all__ = ["METHODS", "MethodsConfig", "method_config", "method_stats", "methods_claims"]
 
 METHODS: dict[str, dict] = {
     "grpo": {},
@@ -217,6 +218,7 @@ def run(config: MethodsConfig, context: RunContext) -> ExperimentResult:
     figure = figure_curves(sub_runs, ("entropy", "reward", f"eval/mean_at_{k}"), "methods")
     writer.add_figure("methods/entropy_reward_accuracy", figure)
     headline = {
+        "table1": report_table1(context, results, f"{config.task}, step 1"),
         "task": config.task,
         "budget": {
             "steps": config.total_steps,
@@ -227,7 +229,7 @@ def run(config: MethodsConfig, context: RunContext) -> ExperimentResult:
         "methods": stats,
         "tables": [table],
     }
-    return ExperimentResult(headline, _claims(stats, k))
+    return ExperimentResult(headline, methods_claims(stats, k))
 
 
 def _pm(stat: dict, digits: int = 3) -> str:
@@ -271,7 +273,7 @@ def _parameter(method: str) -> float:
     return float(METHODS[method][SWEPT_FIELD[family(method)]])
 
 
-def _claims(stats: dict[str, dict], k: int) -> list[Claim]:
+def methods_claims(stats: dict[str, dict], k: int) -> list[Claim]:
     """The paper's qualitative claims, for the methods that were run."""
     claims: list[Claim] = []
     if "grpo" not in stats:

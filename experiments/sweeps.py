@@ -200,7 +200,7 @@ def _train_in_worker(spec: RunSpec, out_dir: str, device: str, resume: bool) -> 
 def _warm_key(spec: RunSpec) -> tuple:
     c = spec.config
     return (c.task, c.extra_tokens, c.model_preset, c.warmstart_steps, c.warmstart_noise,
-            c.warmstart_lr, spec.seed)  # fmt: skip
+            c.warmstart_lr, spec.seed if c.warmstart_seed < 0 else c.warmstart_seed)  # fmt: skip
 
 
 def run_sweep(specs: Sequence[RunSpec], context: RunContext, workers: int = 0) -> list[RunResult]:

@@ -105,3 +105,14 @@ def test_agreement_of_a_scaled_predictor():
     assert stats["sign_agreement"] == 1.0
     flipped = agreement(predicted, -actual + np.array([0.0, 0.0, 0.0, 2.0]))
     assert flipped["sign_agreement"] == pytest.approx(0.25)  # only the last point agrees
+
+
+def test_confidence_interval_uses_student_t():
+    from toy_entropy.curve_stats import confidence_interval
+
+    mean, half = confidence_interval([1.0, 2.0, 3.0])  # std 1, n 3, t_{0.975, 2} = 4.303
+    assert mean == 2.0 and half == pytest.approx(4.303 / np.sqrt(3))
+    assert confidence_interval([5.0, float("nan")])[0] == 5.0
+    assert np.isnan(confidence_interval([5.0])[1]) and np.isnan(confidence_interval([])[0])
+    big = np.arange(100.0)
+    assert confidence_interval(big)[1] == pytest.approx(1.96 * big.std(ddof=1) / 10)

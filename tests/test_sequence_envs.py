@@ -34,6 +34,7 @@ def test_every_task_has_a_registered_id():
     assert SEQUENCE_IDS == [
         "ToyEntropy/Addition-v0",
         "ToyEntropy/Countdown-v0",
+        "ToyEntropy/Fork-v0",
         "ToyEntropy/HardPrompt-v0",
         "ToyEntropy/Reverse-v0",
         "ToyEntropy/Sort-v0",

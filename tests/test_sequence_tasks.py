@@ -52,7 +52,7 @@ def test_vocabulary_layout_and_round_trip():
 
 
 def test_make_task_rejects_unknown_names_listing_known_ones():
-    assert set(TASKS) == {"countdown", "addition", "reverse", "sort", "hard_prompt"}
+    assert set(TASKS) == {"countdown", "addition", "reverse", "sort", "hard_prompt", "fork"}
     with pytest.raises(ValueError, match="known tasks: countdown, addition, reverse, sort"):
         make_task("multiply")
     with pytest.raises(ValueError, match="list_length"):
@@ -69,6 +69,7 @@ def test_make_task_rejects_unknown_names_listing_known_ones():
         ("reverse", 14, 7, 6),
         ("sort", 14, 7, 6),
         ("hard_prompt", 16, 8, 7),
+        ("fork", 29, 7, 65),
     ],
 )
 def test_default_sizes_are_small(name, vocab_size, prompt_length, max_response_length):

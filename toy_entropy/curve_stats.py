@@ -25,7 +25,15 @@ __all__ = [
     "rank_correlation",
     "agreement",
     "finite_mean",
+    "confidence_interval",
 ]
+
+# Two-sided 95% quantiles t_{0.975, df} of Student's t for df = 1..30 (beyond: 1.96).
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
 
 
 def _curve(values, name: str = "curve", min_length: int = 1) -> np.ndarray:
@@ -108,6 +116,23 @@ def finite_mean(values, weights=None) -> float:
         raise ValueError(f"weights shape {w.shape} differs from values shape {y.shape}")
     keep &= np.isfinite(w) & (w > 0)
     return float(np.average(y[keep], weights=w[keep])) if keep.any() else float("nan")
+
+
+def confidence_interval(values) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval of the finite values.
+
+    ``half = t_{0.975, n-1} * std / sqrt(n)`` (sample std); NaN half-width with fewer than two
+    values, NaN mean with none.
+    """
+    y = np.asarray(values, dtype=np.float64).reshape(-1)
+    y = y[np.isfinite(y)]
+    if y.size == 0:
+        return float("nan"), float("nan")
+    if y.size == 1:
+        return float(y[0]), float("nan")
+    df = y.size - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.96
+    return float(y.mean()), float(t * y.std(ddof=1) / math.sqrt(y.size))
 
 
 def seed_band(curves: Sequence[Sequence[float]] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

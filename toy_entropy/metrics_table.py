@@ -178,6 +178,12 @@ METRICS: tuple[Metric, ...] = (
         "eval/pass_at_<k>", "fraction", "held-out prompts: unbiased pass@k from k samples", TRAINER
     ),
     Metric(
+        "filter/empty_updates",
+        "updates",
+        "mini-batches left without a valid token by the all-equal group filter (skipped)",
+        TRAINER,
+    ),
+    Metric(
         "guard/nonfinite",
         "flag",
         "1 when a metric, the loss or a gradient of the step was "

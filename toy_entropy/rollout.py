@@ -33,7 +33,10 @@ class RolloutStats:
     """The per-row tensors step metrics read (gathered over ranks in a data-parallel run).
 
     Attributes:
-        mask: ``(B, T)`` bool, valid response tokens (EOS included; filtered groups are False).
+        mask: ``(B, T)`` bool, the tokens the loss trains on: valid response tokens (EOS
+            included), False in the groups the all-equal filter drops.
+        response_mask: ``(B, T)`` bool, every response's valid tokens, filtered or not (what
+            the entropy and the response length are measured over).
         rewards: ``(B,)`` verifier rewards.
         advantages: ``(B, T)`` the row's advantage at every position.
         old_log_probs: ``(B, T)`` log pi(y_t) of the sampled tokens under the rollout policy.
@@ -42,6 +45,7 @@ class RolloutStats:
     """
 
     mask: torch.Tensor
+    response_mask: torch.Tensor
     rewards: torch.Tensor
     advantages: torch.Tensor
     old_log_probs: torch.Tensor
@@ -71,6 +75,7 @@ class Rollout(RolloutStats):
         """The per-row tensors that step metrics read."""
         return RolloutStats(
             self.mask,
+            self.response_mask,
             self.rewards,
             self.advantages,
             self.old_log_probs,

@@ -92,6 +92,9 @@ class TrainConfig:
     """fraction of warm-start demonstrations that are corrupted (sets starting accuracy)"""
     warmstart_lr: float = 3e-3
     """warm-start learning rate"""
+    warmstart_seed: int = -1
+    """seed of the warm start (-1: the run's seed); runs sharing it start from one model, as RL
+    runs of a paper start from one base model"""
     total_steps: int = 60
     """RL steps (one rollout each)"""
     num_prompts: int = 16
@@ -193,6 +196,7 @@ class TrainConfig:
         check_range("warmstart_steps", self.warmstart_steps, 0)
         check_range("warmstart_noise", self.warmstart_noise, 0, 1)
         check_range("warmstart_lr", self.warmstart_lr, 0, low_inclusive=False)
+        check_range("warmstart_seed", self.warmstart_seed, -1)
         for name in ("total_steps", "num_prompts", "num_iterations", "num_mini_batches"):
             check_positive_int(name, getattr(self, name))
         check_range("num_generations", self.num_generations, 2)
@@ -346,6 +350,7 @@ class Trainer:
         self.config, self.seed, self.device = config, seed, torch.device(device)
         self.rollout_hooks, self.update_probes = tuple(rollout_hooks), tuple(update_probes)
         self._probe_totals: dict[str, torch.Tensor] = {}
+        self.warm_seed = seed if config.warmstart_seed < 0 else config.warmstart_seed
         self.log_fn, self.writer = log_fn, writer
         self.checkpoint_dir = checkpoint_dir
         self.parallel = parallel or DataParallel()
@@ -368,7 +373,7 @@ class Trainer:
         task_spec = {"name": config.task, "extra_tokens": config.extra_tokens}
         task_spec.update(config.task_args())
         self.model, self.warm_from_cache = warm_start(
-            self.task, task_spec, model_config, warm, seed, self.device, show_progress
+            self.task, task_spec, model_config, warm, self.warm_seed, self.device, show_progress
         )
         # The loss forward; under DDP its construction broadcasts rank 0's parameters.
         self.policy = self.parallel.wrap(HiddenStates(self.model), self.device)
@@ -588,16 +593,20 @@ class Trainer:
         grouped = rewards.view(num_prompts, cfg.num_generations)
         advantages = compute_advantages(cfg.advantage_estimator, grouped).reshape(-1)  # (B,)
         mask = mask.bool()
+        response_mask = mask  # every response, also those of filtered groups (for metrics)
         if cfg.filter_groups:
             keep = filter_uniform_groups(grouped).repeat_interleave(cfg.num_generations)  # (B,)
             mask = mask & keep[:, None]
-        tokens, attention = self._sequence(prompt_tokens, responses, mask)
+        # Attention covers every generated token, also in filtered groups (whose rows the loss
+        # mask drops), so their scored log-probs and entropy are those the policy sampled from.
+        tokens, attention = self._sequence(prompt_tokens, responses, response_mask)
         old_log_probs, token_entropy = self._score(self.model, tokens, attention, responses, True)
         ref_log_probs = None
         if self.reference is not None:
             ref_log_probs = self._score(self.reference, tokens, attention, responses, False)[0]
         return Rollout(
             mask=mask,
+            response_mask=response_mask,
             rewards=rewards,
             advantages=advantages[:, None].expand_as(old_log_probs).contiguous(),
             old_log_probs=old_log_probs,
@@ -751,8 +760,10 @@ class Trainer:
         return metrics
 
     def _rollout_metrics(self, stats: RolloutStats) -> dict[str, torch.Tensor]:
-        """Device metrics of the rollout itself: reward, entropy (nats), lengths, KL to ref."""
-        cfg, mask = self.config, stats.mask
+        """Device metrics of the rollout itself: reward, entropy (nats), lengths, KL to ref.
+
+        Measured over every response, also those of groups the all-equal filter drops."""
+        cfg, mask = self.config, stats.response_mask
         metrics = {
             "reward": stats.rewards.mean(),
             "entropy": masked_response_mean(stats.token_entropy, mask),
@@ -779,8 +790,9 @@ class Trainer:
         cfg = self.config
         update_metrics: dict[str, list[torch.Tensor]] = {}
         identity_actual, identity_predicted = [], []
+        empty_updates = 0
         self._probe_totals = {}
-        for iteration in range(cfg.num_iterations):
+        for _ in range(cfg.num_iterations):
             passes = mini_batch_rows(
                 cfg.num_prompts,
                 cfg.num_generations,
@@ -788,12 +800,15 @@ class Trainer:
                 self.generator,
                 self.parallel,
             )
-            for index, rows in enumerate(passes):
+            for rows in passes:
+                if cfg.filter_groups and not self._any_valid(rollout.mask[rows]):
+                    empty_updates += 1  # every group of this mini-batch was filtered out
+                    continue
                 for probe in self.update_probes:
                     for name, value in probe.before_update(self, rollout, rows).items():
                         self._probe_totals[name] = self._probe_totals.get(name, 0) + value
                 before = self._probe_logits()
-                step_metrics = self._optimise(rollout, rows, on_policy=iteration == index == 0)
+                step_metrics = self._optimise(rollout, rows, on_policy=not identity_actual)
                 after = self._probe_logits()
                 actual, predicted = self._identity(before, after)
                 identity_actual.append(actual)
@@ -805,6 +820,11 @@ class Trainer:
             # Diagnostics undefined on some updates (no token admitted) average over the rest.
             mean = torch.nanmean if name in NAN_AWARE_METRICS else torch.mean
             metrics[name] = mean(torch.stack(values).double())
+        metrics["filter/empty_updates"] = torch.tensor(float(empty_updates), device=self.device)
+        if not identity_actual:  # no update this step: every group was filtered out
+            for name in ("loss/total", "optim/grad_norm"):
+                metrics[name] = torch.zeros((), dtype=torch.float64, device=self.device)
+            return metrics, torch.zeros(2, 0, dtype=torch.float64, device=self.device)
         identity = torch.stack([torch.stack(identity_predicted), torch.stack(identity_actual)])
         return metrics, identity
 
@@ -899,6 +919,11 @@ class Trainer:
             RuntimeWarning,
             stacklevel=3,
         )
+
+    def _any_valid(self, mask: torch.Tensor) -> bool:
+        """Whether a mini-batch holds a valid token on any rank (one host sync; called only
+        with ``filter_groups``, which can leave a mini-batch empty)."""
+        return bool(self.parallel.sum({"n": mask.sum()})["n"] > 0)
 
     def _snapshot(self) -> dict:
         """Device copies of the model and optimiser state (no host sync), to drop an update."""

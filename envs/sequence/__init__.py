@@ -10,6 +10,10 @@ Tasks (``TASKS``; ``make_task(name, **kwargs)``), default sizes in brackets (V, 
 - ``hard_prompt`` reverse, but 30% of prompts are marked ``?`` and need ``!`` first:
                   ``<bos> 3 1 4 ? =`` -> ``! 4 1 3``; their warm-start demonstrations usually
                   show the common answer ``4 1 3`` instead (16, 8, 7).
+- ``fork``        LLM-like: long answers of determined scaffold tokens with a few forking
+                  tokens, ``<bos> k3 k1 k0 k5 =`` -> ``f3 s3 s4 .. f1 s1 s2 .. <eos>``; fork
+                  count, segment length, placement, distractors and exploration value are
+                  arguments (37, 7, 65).
 
 Every answer ends with ``<eos>`` (counted in T). Sizes are arguments (``num_digits``,
 ``list_length``, ``min_list_length``, ``num_values``, ``num_numbers``, ``max_target``) and
@@ -38,7 +42,7 @@ The eval split is a fixed hashed share (``eval_fraction``, 10%) of all prompts, 
 train whatever the seed.
 
 Environments: ``ToyEntropy/Countdown-v0``, ``Addition-v0``, ``Reverse-v0``, ``Sort-v0``,
-``HardPrompt-v0``; ``gymnasium.make`` gives a ``SequenceEnv`` (one token per step) and
+``HardPrompt-v0``, ``Fork-v0``; ``gymnasium.make`` gives a ``SequenceEnv`` (one token per step) and
 ``gymnasium.make_vec(id, num_envs=B, vectorization_mode="vector_entry_point", device=...)`` a
 ``SequenceVectorEnv`` (torch tensors, ``reset(options={"group_size": G})`` for GRPO groups).
 Task arguments pass through both, e.g. ``gymnasium.make("ToyEntropy/Sort-v0", list_length=8)``.

@@ -7,9 +7,11 @@ Two kinds:
   over micro-batches (and ranks) gives the whole-batch value, like the loss.
 - :func:`covariance_metrics`, once per optimisation batch, global over ranks: statistics of
   the per-token covariance ``cov_i = (lp_i - mean lp) * (A_i - mean A)`` (THEORY.md s.4), the
-  mean of its top 0.02% / 0.2% / 2% / 20% (the paper's Table 1), and for clip-higher the
-  mean covariance of the tokens that ``clip_ratio_high`` admits beyond the symmetric clip
-  (the paper reports about -0.03).
+  mean of its top 0.02% / 0.2% / 2% / 20% (the paper's Table 1), the share of the summed
+  positive covariance those tokens hold, the tail ratio (top-0.02% mean / overall mean; the
+  paper's step 1 on a 7B model: 5.654 / 0.003, about 1900), and for clip-higher the mean
+  covariance of the tokens that ``clip_ratio_high`` admits beyond the symmetric clip (the
+  paper reports about -0.03).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from toy_entropy.losses.ratio import RatioTerms
 
 __all__ = [
     "COV_TOP_FRACTIONS",
+    "PAPER_TABLE1",
     "count_of_fraction",
     "rollout_kl_metrics",
     "clip_metrics",
@@ -33,6 +36,10 @@ __all__ = [
 
 COV_TOP_FRACTIONS = (2e-4, 2e-3, 2e-2, 0.2)
 """Fractions of tokens (not percents) whose mean top covariance the paper's Table 1 reports."""
+
+PAPER_TABLE1 = {"top_0.02%_mean": 5.654, "mean": 0.003, "tail_ratio": 5.654 / 0.003}
+"""The paper's Table 1 (Qwen2.5-7B, step 1): mean covariance of the top 0.02% of tokens, of all
+tokens, and their ratio (about 1900)."""
 
 
 def count_of_fraction(fraction: float, n_tokens: torch.Tensor) -> torch.Tensor:
@@ -129,7 +136,12 @@ def covariance_metrics(
             ``max(q) * B * T`` positions is the costly part).
 
     Returns:
-        ``cov/mean``, ``cov/pos_frac``, ``cov/top_...%_mean`` and, when clip_ratio_high >
+        ``cov/mean``, ``cov/pos_frac``, ``cov/valid_tokens`` (N, the optimisation batch's
+        valid tokens), ``cov/top_...%_mean``, ``cov/top_...%_share`` (the
+        sum of the top tokens' positive covariances over the sum of all positive
+        covariances, in [0, 1]; NaN when no covariance is positive), ``cov/tail_ratio`` (the
+        smallest fraction's top mean over ``cov/mean``; with the default fractions the top
+        0.02%, as the paper's Table 1) and, when clip_ratio_high >
         clip_ratio_low, ``cov/clip_higher_admitted_mean`` (NaN when no token is admitted, as
         on the first, on-policy update) and ``cov/clip_higher_admitted_frac``. The admitted
         tokens have A > 0 and 1 + clip_ratio_low < ratio <= 1 + clip_ratio_high.
@@ -137,9 +149,11 @@ def covariance_metrics(
     for q in top_fractions:
         if not 0 < q <= 1:
             raise ValueError(f"cov_top_fractions must be fractions in (0, 1], got {q!r}")
+    positive = valid & (cov > 0)  # (B, T)
     row_stats = [
         torch.where(valid, cov, 0.0).sum(dim=-1, dtype=torch.float64),
-        (valid & (cov > 0)).sum(dim=-1, dtype=torch.float64),
+        positive.sum(dim=-1, dtype=torch.float64),
+        torch.where(positive, cov, 0.0).sum(dim=-1, dtype=torch.float64),
     ]  # each (B,)
     clip_higher = config.clip_ratio_high > config.clip_ratio_low
     if clip_higher:
@@ -148,16 +162,28 @@ def covariance_metrics(
         row_stats.append(admitted.sum(dim=-1, dtype=torch.float64))
         row_stats.append(torch.where(admitted, cov, 0.0).sum(dim=-1, dtype=torch.float64))
     totals = global_row_sum(comm, torch.stack(row_stats, dim=-1))  # (K,)
-    metrics = {"cov/mean": totals[0] / n_tokens, "cov/pos_frac": totals[1] / n_tokens}
+    metrics = {
+        "cov/mean": totals[0] / n_tokens,
+        "cov/pos_frac": totals[1] / n_tokens,
+        "cov/valid_tokens": n_tokens.to(torch.float64),
+    }
     if clip_higher:
-        metrics["cov/clip_higher_admitted_mean"] = totals[3] / totals[2]
-        metrics["cov/clip_higher_admitted_frac"] = totals[2] / n_tokens
+        metrics["cov/clip_higher_admitted_mean"] = totals[4] / totals[3]
+        metrics["cov/clip_higher_admitted_frac"] = totals[3] / n_tokens
     if top_fractions:
         k = max(1, int(max(top_fractions) * comm.world_size * cov.numel()))
         score = torch.where(valid, cov, float("-inf"))  # (B, T)
-        prefix = global_top_values(comm, score, k).to(torch.float64).cumsum(dim=0)  # (k,)
+        top = global_top_values(comm, score, k).to(torch.float64)  # (k,) descending
+        prefix = top.cumsum(dim=0)  # (k,)
+        positive_prefix = top.clamp(min=0.0).cumsum(dim=0)  # (k,); -inf -> 0
         for q in top_fractions:
             count = count_of_fraction(q, n_tokens)  # <= N, so the prefix holds no -inf
-            top_sum = prefix.gather(0, (count - 1).reshape(1)).squeeze(0)
-            metrics[f"cov/top_{100 * q:g}%_mean"] = top_sum / count
+            at = (count - 1).reshape(1)
+            metrics[f"cov/top_{100 * q:g}%_mean"] = prefix.gather(0, at).squeeze(0) / count
+            share = positive_prefix.gather(0, at).squeeze(0) / totals[2]
+            metrics[f"cov/top_{100 * q:g}%_share"] = share
+        smallest = min(top_fractions)
+        metrics["cov/tail_ratio"] = (
+            metrics[f"cov/top_{100 * smallest:g}%_mean"] / metrics["cov/mean"]
+        )
     return metrics

@@ -5,11 +5,13 @@ from __future__ import annotations
 from toy_entropy.envs.sequence.task import SequenceTask
 from toy_entropy.envs.sequence.tasks.addition import AdditionTask
 from toy_entropy.envs.sequence.tasks.countdown import CountdownTask
+from toy_entropy.envs.sequence.tasks.fork import ForkTask
 from toy_entropy.envs.sequence.tasks.hard_prompt import HardPromptTask
 from toy_entropy.envs.sequence.tasks.lists import ListTask, ReverseTask, SortTask
 
 TASKS: dict[str, type[SequenceTask]] = {
-    task.name: task for task in (CountdownTask, AdditionTask, ReverseTask, SortTask, HardPromptTask)
+    task.name: task
+    for task in (CountdownTask, AdditionTask, ReverseTask, SortTask, HardPromptTask, ForkTask)
 }
 
 
@@ -24,6 +26,7 @@ __all__ = [
     "TASKS",
     "AdditionTask",
     "CountdownTask",
+    "ForkTask",
     "HardPromptTask",
     "ListTask",
     "ReverseTask",

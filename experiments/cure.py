@@ -1,0 +1,422 @@
+"""cure: Clip-Cov and KL-Cov against GRPO in an LLM-like regime, at the paper's settings.
+
+The regime is the ``fork`` task (long answers of determined scaffold tokens with a few forks, a
+1024-token vocabulary whose distractors the warm start gives small but non-zero probability,
+hard prompts whose correct first fork the warm start rarely takes) and the paper's recipe:
+Clip-Cov r = 2e-4 (lb 1, ub 5, PPO eps 1), KL-Cov k = 2e-3 (beta 1), clip-higher eps_high =
+0.28, GRPO advantages with the all-equal group filter, 8 optimiser steps per rollout,
+temperature 1, token-mean aggregation, no entropy or reference-KL term. Methods are compared at
+identical budgets over several seeds, with 95% Student-t intervals.
+
+Reported: the paper's Table 1 row next to ours (the covariance tail at step 1), the methods
+table, and claims with computed ``holds`` (THEORY.md s.7 item 5): final entropy of Clip-Cov
+and KL-Cov at least 5x GRPO's; KL-Cov's held-out mean@k and pass@k above GRPO's with
+non-overlapping intervals; entropy increasing in r, k and beta; KL-Cov steadier than Clip-Cov;
+the step-1 tail ratio within 10x of the paper's; the optimisation batch large enough that the
+selected fraction is not the one-token floor; GRPO's entropy below 10% of its start.
+
+The quick preset is a smoke test (small batches, few steps): it prints so, and its claims are
+not scored against the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from toy_entropy.claims import Claim, between, greater_than, less_than
+from toy_entropy.config import ConfigError, check_choice, check_positive_int, check_range
+from toy_entropy.curve_stats import confidence_interval, finite_mean, rank_correlation
+from toy_entropy.experiments.methods import CLIP_COV_PPO, method_stats, methods_claims
+from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
+from toy_entropy.experiments.sweeps import (
+    RunResult,
+    RunSpec,
+    group_by_variant,
+    log_seed_bands,
+    run_sweep,
+)
+from toy_entropy.experiments.table1 import report_table1
+from toy_entropy.losses.diagnostics import PAPER_TABLE1
+from toy_entropy.report import SubRun, figure_curves, markdown_table
+from toy_entropy.scale_presets import parse_task_kwargs
+from toy_entropy.trainer import TrainConfig
+
+__all__ = ["CURE_METHODS", "CureConfig", "cure_train_config", "roughness"]
+
+CURE_METHODS: dict[str, dict] = {
+    "grpo": {},
+    "clip-higher": {"clip_ratio_high": 0.28},
+    "clip-cov-2e-4": {"loss_mode": "clip_cov", "clip_cov_ratio": 2e-4},
+    "clip-cov-1e-3": {"loss_mode": "clip_cov", "clip_cov_ratio": 1e-3},
+    "clip-cov-5e-3": {"loss_mode": "clip_cov", "clip_cov_ratio": 5e-3},
+    "kl-cov-2e-3": {"loss_mode": "kl_cov", "kl_cov_ratio": 2e-3},
+    "kl-cov-1e-2": {"loss_mode": "kl_cov", "kl_cov_ratio": 1e-2},
+    "kl-cov-2e-3-b5": {"loss_mode": "kl_cov", "kl_cov_ratio": 2e-3, "ppo_kl_coef": 5.0},
+    **{f"entropy-{a}": {"entropy_coeff": float(a)} for a in ("1e-4", "1e-3", "5e-3", "1e-2")},
+}
+"""Method name -> TrainConfig fields it changes; the paper's settings are clip-cov-2e-4 and
+kl-cov-2e-3, the others vary r, k and beta for the monotonicity claims; the entropy bonuses
+(not run by default) re-test the knife-edge in this regime."""
+
+DEFAULT_METHODS = tuple(m for m in CURE_METHODS if not m.startswith("entropy-"))
+
+PAPER_CLIP_COV, PAPER_KL_COV = "clip-cov-2e-4", "kl-cov-2e-3"
+SMOKE_BANNER = (
+    "cure --quick is a SMOKE TEST: small batches and few steps; its claims are computed but "
+    "not scored against the paper. Run the full preset for the regime."
+)
+
+
+@dataclass
+class CureConfig:
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    """methods to compare (names of CURE_METHODS; entropy-1e-4 .. entropy-1e-2 on request)"""
+    num_seeds: int = 3
+    """seeds per method"""
+    total_steps: int = 60
+    """RL steps per run"""
+    num_prompts: int = 0
+    """P, prompts per rollout; 0: 256 on CUDA (the paper's batch), 64 on the CPU"""
+    num_generations: int = 8
+    """G, responses per prompt"""
+    num_mini_batches: int = 8
+    """optimiser steps per rollout (the paper: 8)"""
+    learning_rate: float = 1e-3
+    """AdamW learning rate"""
+    model_preset: str = "cpu-nano"
+    """transformer size"""
+    num_forks: int = 4
+    """forks per answer"""
+    segment_length: int = 15
+    """scaffold tokens after each fork (answer length num_forks * (segment_length + 1) + 1)"""
+    fork_options: int = 8
+    """options per fork"""
+    placement: str = "spread"
+    """fork placement: spread or front"""
+    vocab_size: int = 1024
+    """vocabulary size V; the tokens beyond the task's are distractors"""
+    distractor_rate: float = 0.002
+    """warm start: share of scaffold tokens shown as a uniform distractor"""
+    fork_noise: float = 0.3
+    """warm start: share of forks shown as a uniform option"""
+    decoy_rate: float = 0.9
+    """warm start: share of hard prompts shown the common (wrong) first fork"""
+    hard_fraction: float = 0.3
+    """share of hard prompts"""
+    warmstart_steps: int = 1000
+    """supervised warm-start steps"""
+    shared_warm_start: bool = True
+    """every run starts from the warm start of the base seed (seeds vary the RL only, as the
+    paper's runs share a base model); False: one warm start per seed"""
+    eval_every: int = 10
+    """held-out evaluation every this many steps"""
+    eval_prompts: int = 128
+    """held-out prompts per evaluation"""
+    probe_states: int = 8
+    """responses whose positions are the identity probe states"""
+    workers: int = 0
+    """parallel training processes (0: one per CPU core; 1 on CUDA)"""
+    smoke_test: bool = False
+    """set by --quick: says so on screen and in the summary"""
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("methods=() is invalid: expected at least one method")
+        for name in self.methods:
+            check_choice("methods", name, list(CURE_METHODS))
+        check_range("num_seeds", self.num_seeds, 1)
+        check_range("num_prompts", self.num_prompts, 0)
+        for name in ("total_steps", "eval_every", "eval_prompts", "probe_states"):
+            check_positive_int(name, getattr(self, name))
+        check_range("workers", self.workers, 0)
+        cure_train_config(self, self.methods[0], max(self.num_prompts, 8))  # a valid TrainConfig
+
+
+def _task_kwargs(config: CureConfig) -> str:
+    names = ("num_forks", "segment_length", "fork_options", "placement", "distractor_rate",
+             "fork_noise", "decoy_rate", "hard_fraction")  # fmt: skip
+    return ",".join(f"{name}={getattr(config, name)}" for name in names)
+
+
+def cure_train_config(
+    config: CureConfig, method: str, num_prompts: int, warmstart_seed: int = -1
+) -> TrainConfig:
+    """The TrainConfig of ``method`` under the shared budget of ``config`` (``warmstart_seed``:
+    as the TrainConfig field)."""
+    from toy_entropy.envs.sequence import make_task
+
+    task_kwargs = _task_kwargs(config)
+    try:
+        # The task's own tokens: sized without distractors, which the vocabulary then adds.
+        plain = {**parse_task_kwargs(task_kwargs), "distractor_rate": 0.0}
+        base_vocab = make_task("fork", **plain).vocab.size
+    except (TypeError, ValueError) as error:
+        raise ConfigError("fork task", task_kwargs, str(error)) from None
+    check_range("vocab_size", config.vocab_size, base_vocab)
+    base = TrainConfig(
+        task="fork",
+        task_kwargs=task_kwargs,
+        extra_tokens=config.vocab_size - base_vocab,
+        model_preset=config.model_preset,
+        warmstart_steps=config.warmstart_steps,
+        warmstart_seed=warmstart_seed,
+        warmstart_noise=0.0,  # the task's own demonstrations carry the noise
+        total_steps=config.total_steps,
+        num_prompts=num_prompts,
+        num_generations=config.num_generations,
+        num_mini_batches=config.num_mini_batches,
+        filter_groups=True,
+        learning_rate=config.learning_rate,
+        temperature=1.0,
+        loss_agg_mode="token-mean",
+        eval_every=config.eval_every,
+        eval_prompts=config.eval_prompts,
+        probe_states=config.probe_states,
+        histogram_every=0,
+    )
+    changes = dict(CURE_METHODS[method])
+    if changes.get("loss_mode") == "clip_cov":
+        changes = {**CLIP_COV_PPO, **changes}
+    return replace(base, **changes)
+
+
+def roughness(entropy: np.ndarray) -> float:
+    """Instability of an entropy curve: the std of its step-to-step changes over the second
+    half of the run, relative to its mean there (dimensionless; 0 for a smooth line)."""
+    half = np.asarray(entropy, dtype=np.float64)[len(entropy) // 2 :]
+    half = half[np.isfinite(half)]
+    if half.size < 3 or half.mean() <= 0:
+        return float("nan")
+    return float(np.std(np.diff(half), ddof=1) / half.mean())
+
+
+def _stats(results: list[RunResult], k: int) -> dict[str, dict]:
+    """method_stats plus the roughness, the valid tokens per update and 95% intervals."""
+    stats = method_stats(results, k)
+    extra = {
+        "roughness": [roughness(r.column("entropy")) for r in results],
+        "valid_tokens": [finite_mean(r.column("cov/valid_tokens")) for r in results],
+        "tail_ratio_step1": [float(r.column("cov/tail_ratio")[0]) for r in results],
+    }
+    for name, values in extra.items():
+        stats[name] = {"mean": finite_mean(values), "seeds": values}
+    for stat in stats.values():
+        stat["ci95"] = confidence_interval(stat["seeds"])[1]
+    return stats
+
+
+def _ci(stat: dict, digits: int = 3) -> str:
+    return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
+
+
+def _methods_table(stats: dict[str, dict], k: int) -> dict:
+    grpo_h = stats["grpo"]["final_entropy"]["mean"] if "grpo" in stats else float("nan")
+    columns = ["method", "entropy at start", "entropy at end", "x GRPO", "final greedy",
+               f"final mean@{k}", f"final pass@{k}", "tokens touched", "valid tokens / update",
+               "roughness"]  # fmt: skip
+    rows = []
+    for method, s in stats.items():
+        rows.append(
+            [
+                method,
+                f"{s['initial_entropy']['mean']:.4f}",
+                _ci(s["final_entropy"], 4),
+                f"{s['final_entropy']['mean'] / grpo_h:.2f}",
+                _ci(s["final_greedy"]),
+                _ci(s[f"final_mean_at_{k}"]),
+                _ci(s[f"final_pass_at_{k}"]),
+                f"{s['touched']['mean']:.1e}" if s["touched"]["mean"] else "-",
+                f"{s['valid_tokens']['mean']:.0f}",
+                f"{s['roughness']['mean']:.3f}",
+            ]
+        )
+    return {"title": "Methods at identical budgets (mean ± 95% interval over seeds)",
+            "columns": columns, "rows": rows}  # fmt: skip
+
+
+def _resolve_prompts(config: CureConfig, device_type: str) -> int:
+    if config.num_prompts:
+        return config.num_prompts
+    return 256 if device_type == "cuda" else 64
+
+
+@experiment(
+    "cure",
+    "Clip-Cov / KL-Cov vs GRPO in an LLM-like regime (fork task: long scaffolded answers, a few "
+    "forks, V = 1024) at the paper's settings: Table 1 row, methods with 95% intervals, claims",
+    CureConfig,
+    quick={
+        "methods": ("grpo", "clip-higher", PAPER_CLIP_COV, PAPER_KL_COV),
+        "total_steps": 20,
+        "num_prompts": 16,
+        "eval_every": 10,
+        "eval_prompts": 64,
+        "smoke_test": True,
+    },
+)
+def run(config: CureConfig, context: RunContext) -> ExperimentResult:
+    if config.smoke_test:
+        print(SMOKE_BANNER, flush=True)
+    num_prompts = _resolve_prompts(config, context.device.type)
+    warm_seed = context.seed if config.shared_warm_start else -1
+    specs = [
+        RunSpec(method, context.seed + i, cure_train_config(config, method, num_prompts, warm_seed))
+        for method in config.methods
+        for i in range(config.num_seeds)
+    ]
+    results = run_sweep(specs, context, config.workers)
+    k = specs[0].config.eval_samples
+    eval_keys = ("eval/greedy_accuracy", f"eval/mean_at_{k}", f"eval/pass_at_{k}")
+    log_seed_bands(
+        context, results, ("entropy", "reward", *eval_keys, "select/frac", "cov/tail_ratio")
+    )
+    groups = group_by_variant(results)
+    stats = {method: _stats(group, k) for method, group in groups.items()}
+    table1 = report_table1(context, groups.get("grpo", results), "fork task, step 1")
+    measured = table1["measured"]
+    methods_table = _methods_table(stats, k)
+    tables = [table1["table"], methods_table]
+    text = markdown_table(methods_table["columns"], methods_table["rows"])
+    print(f"\n{methods_table['title']}\n{text}")
+    writer = context.writer()
+    writer.add_text("cure/methods", text)
+    sub_runs = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
+    figure = figure_curves(sub_runs, ("entropy", "reward", "cov/tail_ratio"), "cure")
+    figure.savefig(context.out_dir / "cure_curves.png", dpi=80)
+    writer.add_figure("cure/entropy_reward_tail", figure)
+    headline = {
+        "smoke_test": config.smoke_test,
+        "task": {
+            "name": "fork",
+            "kwargs": specs[0].config.task_kwargs,
+            "vocab_size": config.vocab_size,
+        },  # fmt: skip
+        "budget": {
+            "steps": config.total_steps,
+            "responses_per_step": num_prompts * config.num_generations,
+            "updates_per_step": config.num_mini_batches,
+            "seeds": config.num_seeds,
+        },
+        "table1": {"paper": PAPER_TABLE1, "measured": measured},
+        "methods": stats,
+        "tables": tables,
+    }
+    claims = cure_claims(stats, measured, config.smoke_test, k)
+    bonus = {m: s for m, s in stats.items() if m == "grpo" or m.startswith("entropy-")}
+    if len(bonus) > 1 and "grpo" in bonus:  # the knife-edge, with the methods experiment's claims
+        claims += [
+            replace(claim, id="cure." + claim.id.split(".", 1)[1])
+            for claim in methods_claims(bonus, k)
+        ]
+    return ExperimentResult(headline, claims)
+
+
+def _h(stats: dict, method: str) -> float:
+    return stats[method]["final_entropy"]["mean"]
+
+
+def _separation(stats: dict, method: str, key: str) -> float:
+    """Lower 95% bound of ``method``'s ``key`` minus the upper bound of GRPO's (> 0: the
+    intervals do not overlap and the method is above)."""
+    a, g = stats[method][key], stats["grpo"][key]
+    return (a["mean"] - a["ci95"]) - (g["mean"] + g["ci95"])
+
+
+def cure_claims(stats: dict, table1: dict, smoke_test: bool, k: int) -> list[Claim]:
+    """The claims of item 4 of the issue and the regime checks, for the methods that ran."""
+    note = " (smoke test: not scored against the paper)" if smoke_test else ""
+    claims = [
+        greater_than(
+            "cure.table1.tail_ratio_within_10x_of_paper",
+            f"step-1 tail ratio (top-0.02% mean / mean) at least a tenth of the paper's "
+            f"{PAPER_TABLE1['tail_ratio']:.0f}{note}",
+            table1["tail_ratio"],
+            PAPER_TABLE1["tail_ratio"] / 10,
+        )
+    ]
+    if "grpo" not in stats:
+        return claims
+    g = stats["grpo"]
+    claims.append(
+        less_than(
+            "cure.grpo.entropy_below_10pct_of_start",
+            f"GRPO's final entropy relative to its start (the run is long enough){note}",
+            g["final_entropy"]["mean"] / g["initial_entropy"]["mean"],
+            0.1,
+        )
+    )
+    claims.append(
+        greater_than(
+            "cure.batch.valid_tokens_per_update",
+            f"valid tokens per optimisation batch (GRPO runs), the paper's regime >= 10k{note}",
+            g["valid_tokens"]["mean"],
+            10_000,
+        )
+    )
+    for method, slug in ((PAPER_CLIP_COV, "clip_cov"), (PAPER_KL_COV, "kl_cov")):
+        if method not in stats:
+            continue
+        claims.append(
+            greater_than(
+                f"cure.{slug}.entropy_5x_grpo",
+                f"{method}: final entropy relative to GRPO's{note}",
+                _h(stats, method) / _h(stats, "grpo"),
+                5.0,
+            )
+        )
+        claims.append(
+            between(
+                f"cure.{slug}.touches_1e-4_to_1e-3",
+                f"{method}: mean fraction of tokens selected (paper: 1e-4..1e-3){note}",
+                stats[method]["touched"]["mean"],
+                1e-4,
+                1e-3,
+            )
+        )
+    if PAPER_KL_COV in stats:
+        for key, what in ((f"final_mean_at_{k}", f"mean@{k}"), (f"final_pass_at_{k}", f"pass@{k}")):
+            claims.append(
+                greater_than(
+                    f"cure.kl_cov.{what.replace('@', '_at_')}_above_grpo",
+                    f"{PAPER_KL_COV}: held-out {what} above GRPO's with non-overlapping 95% "
+                    f"intervals (KL-Cov's lower bound minus GRPO's upper bound){note}",
+                    _separation(stats, PAPER_KL_COV, key),
+                    0.0,
+                )
+            )
+    for family, field in (("clip-cov", "clip_cov_ratio"), ("kl-cov", "kl_cov_ratio")):
+        members = [m for m in stats if m.startswith(family) and not m.endswith("-b5")]
+        if len(members) > 1:
+            settings = [CURE_METHODS[m][field] for m in members]
+            claims.append(
+                greater_than(
+                    f"cure.{family.replace('-', '_')}.entropy_increases_with_"
+                    f"{'r' if family == 'clip-cov' else 'k'}",
+                    f"{family}: rank correlation of the setting with the final entropy{note}",
+                    rank_correlation(settings, [_h(stats, m) for m in members]),
+                    0.99,
+                )
+            )
+    if PAPER_KL_COV in stats and "kl-cov-2e-3-b5" in stats:
+        claims.append(
+            greater_than(
+                "cure.kl_cov.entropy_increases_with_beta",
+                f"KL-Cov k = 2e-3: final entropy with beta = 5 over beta = 1{note}",
+                _h(stats, "kl-cov-2e-3-b5") / _h(stats, PAPER_KL_COV),
+                1.0,
+            )
+        )
+    if PAPER_KL_COV in stats and PAPER_CLIP_COV in stats:
+        claims.append(
+            less_than(
+                "cure.kl_cov_steadier_than_clip_cov",
+                f"roughness of the entropy curve (std of step changes over the second half / "
+                f"mean), KL-Cov minus Clip-Cov at the paper's settings{note}",
+                stats[PAPER_KL_COV]["roughness"]["mean"]
+                - stats[PAPER_CLIP_COV]["roughness"]["mean"],
+                0.0,
+            )
+        )
+    return claims

@@ -1,0 +1,120 @@
+"""The cure experiment end to end on tiny settings, and its pieces with known answers."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from toy_entropy.config import ConfigError
+from toy_entropy.experiments.cli import main
+from toy_entropy.experiments.cure import CureConfig, cure_train_config, roughness
+
+TINY_CURE = [
+    "methods=grpo,kl-cov-2e-3", "num_seeds=2", "total_steps=2", "num_prompts=4",
+    "num_mini_batches=2", "num_forks=1", "segment_length=2", "vocab_size=64",
+    "warmstart_steps=60", "eval_every=2", "eval_prompts=8", "workers=1", "fork_noise=0.5",
+]  # fmt: skip
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a loaded 2-core machine, tiny matmuls on 2 threads are ~7x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cure_tiny_run_writes_table1_methods_and_claims(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    argv = ["run", "cure", "--quiet", "--out", str(out)]
+    for item in TINY_CURE:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    headline = summary["headline"]
+    measured = headline["table1"]["measured"]
+    assert measured["tail_ratio"] == pytest.approx(measured["top_0.02%_mean"] / measured["mean"])
+    assert 0 < measured["top_2%_share"] <= 1 and measured["valid_tokens"] > 0
+    assert set(headline["methods"]) == {"grpo", "kl-cov-2e-3"}
+    grpo = headline["methods"]["grpo"]
+    assert len(grpo["final_entropy"]["seeds"]) == 2 and grpo["final_entropy"]["ci95"] >= 0
+    ids = {claim["id"]: claim for claim in summary["claims"]}
+    for name in (
+        "cure.table1.tail_ratio_within_10x_of_paper",
+        "cure.kl_cov.entropy_5x_grpo",
+        "cure.kl_cov.pass_at_8_above_grpo",
+        "cure.batch.valid_tokens_per_update",
+    ):
+        assert name in ids
+    ratio = ids["cure.kl_cov.entropy_5x_grpo"]
+    kl_h = headline["methods"]["kl-cov-2e-3"]["final_entropy"]["mean"]
+    assert ratio["measured"] == pytest.approx(kl_h / grpo["final_entropy"]["mean"])
+    assert ratio["holds"] == (ratio["measured"] > 5)
+    assert ids["cure.batch.valid_tokens_per_update"]["holds"] is False  # tiny batches
+    assert (out / "cure_curves.png").stat().st_size > 0
+    rows = [json.loads(line) for line in (out / "grpo" / "seed0" / "metrics.jsonl").open()]
+    assert {"cov/tail_ratio", "cov/top_0.02%_share", "cov/valid_tokens"} <= set(rows[1])
+
+
+def test_cure_config_uses_the_paper_recipe_and_checks_fields():
+    config = CureConfig()
+    clip = cure_train_config(config, "clip-cov-2e-4", 64)
+    assert (clip.loss_mode, clip.clip_cov_ratio, clip.clip_ratio_low, clip.clip_ratio_high) == (
+        "clip_cov", 2e-4, 1.0, 1.0,
+    )  # fmt: skip
+    kl = cure_train_config(config, "kl-cov-2e-3", 64)
+    assert (kl.kl_cov_ratio, kl.ppo_kl_coef, kl.num_mini_batches, kl.filter_groups) == (
+        2e-3, 1.0, 8, True,
+    )  # fmt: skip
+    from toy_entropy.envs.sequence import make_task
+
+    task = make_task("fork", extra_tokens=kl.extra_tokens, **kl.task_args())
+    assert task.vocab.size == 1024 and task.max_response_length == 65
+    with pytest.raises(ConfigError, match="methods"):
+        CureConfig(methods=("grpo", "dapo"))
+    with pytest.raises(ConfigError, match="vocab_size"):
+        CureConfig(vocab_size=10)
+
+
+def test_roughness_of_known_curves():
+    assert roughness(np.full(20, 0.5)) == 0.0
+    zigzag = np.array([1.0, 2.0] * 10)  # second half: steps of +-1 around a mean of 1.5
+    assert roughness(zigzag) == pytest.approx(np.std([1, -1] * 4 + [1], ddof=1) / 1.5)
+
+
+def test_runs_sharing_a_warm_start_seed_start_from_one_model(tmp_path, monkeypatch, one_thread):
+    from toy_entropy.trainer import Trainer
+
+    monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
+    tiny = CureConfig(num_forks=1, segment_length=2, vocab_size=40, warmstart_steps=3)
+    shared = [
+        Trainer(cure_train_config(tiny, "grpo", 4, warmstart_seed=7), seed, torch.device("cpu"))
+        for seed in (1, 2)
+    ]
+    own = Trainer(cure_train_config(tiny, "grpo", 4), 2, torch.device("cpu"))
+    first, second = (t.model.state_dict() for t in shared)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], own.model.state_dict()[k]) for k in first)
+    assert shared[0].rng.random() != shared[1].rng.random()  # the RL randomness differs
+
+
+def test_filtered_groups_are_scored_with_their_own_tokens(tmp_path, monkeypatch, one_thread):
+    """With the all-equal group filter, the loss mask drops filtered rows but attention must
+    not: their log-probs and entropy are those the policy sampled with."""
+    from toy_entropy.trainer import Trainer
+
+    monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
+    tiny = CureConfig(num_forks=2, segment_length=3, vocab_size=48, warmstart_steps=20)
+    trainer = Trainer(cure_train_config(tiny, "grpo", 8), 0, torch.device("cpu"))
+    batch = trainer.rollout()
+    generated = batch.response_mask  # (B, T)
+    filtered = generated.any(1) & ~batch.mask.any(1)  # (B,)
+    assert filtered.any()
+    assert torch.equal(batch.attention[:, trainer.prompt_length :], generated)
+    # ... and the scored entropy of the filtered rows is that of states the policy visits.
+    entropy = batch.token_entropy[filtered][generated[filtered]]
+    nll = -batch.old_log_probs[filtered][generated[filtered]]
+    assert torch.isfinite(entropy).all() and torch.isfinite(nll).all()

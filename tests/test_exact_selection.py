@@ -1,0 +1,69 @@
+"""Noise-free Clip-Cov / KL-Cov on the exact prefix policy: known answers and the mechanism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from toy_entropy.exact_selection import (
+    TokenTable,
+    expected_logit_update,
+    keep_fraction,
+    tail_statistics,
+    token_table,
+)
+from toy_entropy.experiments.cure_exact import ExactConfig, fork_profile, map_cell
+
+
+def _table(weight, cov) -> TokenTable:
+    weight, cov = torch.tensor(weight, dtype=torch.float64), torch.tensor(cov, dtype=torch.float64)
+    zeros = torch.zeros_like(weight)
+    return TokenTable(torch.arange(len(weight)), weight, zeros, zeros, cov)
+
+
+def test_weighted_tail_statistics_of_a_hand_made_table():
+    stats = tail_statistics(_table([0.5, 0.3, 0.2], [1.0, 2.0, -1.0]), fractions=(2e-4, 0.2, 0.5))
+    assert stats["mean"] == pytest.approx(0.9)
+    assert stats["top_0.02%_mean"] == pytest.approx(2.0)  # inside the heaviest atom
+    assert stats["top_50%_mean"] == pytest.approx((0.3 * 2 + 0.2 * 1) / 0.5)
+    assert stats["top_0.02%_share"] == pytest.approx(2e-4 * 2 / 1.1)
+    assert stats["top_50%_share"] == pytest.approx(0.8 / 1.1)
+    assert stats["tail_ratio"] == pytest.approx(2.0 / 0.9)
+
+
+def test_keep_fractions_remove_the_stated_weight():
+    table = _table([0.1, 0.2, 0.3, 0.4], [6.0, 3.0, 2.0, 0.5])
+    kl = keep_fraction(table, "kl_cov", 0.25)  # all of atom 0, 0.15 of atom 1's 0.2
+    assert kl.tolist() == pytest.approx([0.0, 0.25, 1.0, 1.0])
+    assert (table.weight * (1 - kl)).sum().item() == pytest.approx(0.25)
+    clip = keep_fraction(table, "clip_cov", 0.1)  # candidates: 1 < cov < 5, weight 0.5
+    assert clip.tolist() == pytest.approx([1.0, 0.8, 0.8, 1.0])
+    assert keep_fraction(table, "clip_cov", 0.9).tolist() == pytest.approx([1, 0, 0, 1])
+    with pytest.raises(ValueError, match="selection"):
+        keep_fraction(table, "top_k", 0.1)
+
+
+def test_natural_gradient_without_selection_is_the_normalised_action_value():
+    policy, rewards = fork_profile(3, 4, 3, 1, 0.05, 0.6, seed=1)
+    table = token_table(policy, rewards)
+    dz = expected_logit_update(policy, table, keep_fraction(table, "none"), 1.0)  # (P, S, V)
+    q_values, _ = policy.action_values(rewards)
+    probs = policy.response_probs()
+    mean = (probs * rewards).sum(1)
+    std = (probs * (rewards - mean[:, None]) ** 2).sum(1).sqrt()
+    expected = (q_values - mean[:, None, None]) / (std[:, None, None] + 1e-6)
+    assert torch.allclose(dz, expected, atol=1e-9)
+    # The token covariance is the weighted covariance of log-prob and advantage.
+    w, lp, a = table.weight, table.log_prob, table.advantage
+    cov = (w * lp * a).sum() - (w * lp).sum() * (w * a).sum()
+    assert (w * table.cov).sum().item() == pytest.approx(cov.item())
+
+
+def test_heavier_tail_lets_kl_cov_keep_more_entropy():
+    config = ExactConfig(max_steps=200)
+    light = map_cell(config, 4, 1, 1e-1)
+    heavy = map_cell(config, 4, 1, 1e-3)
+    assert heavy["tail"]["tail_ratio"] > 10 * light["tail"]["tail_ratio"]
+    assert light["grpo_collapsed"] and heavy["grpo_collapsed"]
+    assert heavy["kl-cov_entropy_ratio"] > light["kl-cov_entropy_ratio"] > 1.0
+    assert heavy["kl-cov_removed"] == pytest.approx(2e-3)
