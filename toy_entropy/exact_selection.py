@@ -18,9 +18,11 @@ the expected fraction of each atom's gradient that it keeps:
   limit that isolates what the selection itself does.
 
 The expected update of the token-mean surrogate ``sum_i w_i keep_i A_i log pi(y_i | s_i)`` is,
-per state s and action a, with ``M(s, a) = sum_{i at (s, a)} w_i keep_i A_i`` and ``D(s, a) =
-sum_{i at (s, a)} w_i``: ``dz = eta (M - pi sum_b M(s, b))`` ("pg") or ``dz = eta M / D`` (natural gradient of a tabular softmax: the kept advantage expected at (s, a); without
-selection, the normalised ``Q(s, a) - mu_p``). No sampling noise enters anywhere.
+per state s and action a, with ``M(s, a) = sum_{i at (s, a)} w_i keep_i A_i`` and
+``D(s, a) = sum_{i at (s, a)} w_i``: ``dz = eta (M - pi sum_b M(s, b))`` (rule "pg", the plain
+gradient) or ``dz = eta M / D`` (rule "npg", the natural gradient of a tabular softmax: the kept
+advantage expected at (s, a); without selection, the normalised ``Q(s, a) - mu_p``). No
+sampling noise enters anywhere.
 """
 
 from __future__ import annotations
