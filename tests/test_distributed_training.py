@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed
 import torch.multiprocessing
+from grad_capture import first_step_gradients
 
 from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.parallel import DataParallel
@@ -147,7 +148,7 @@ def test_chunked_log_probs_give_the_unchunked_update():
     chunked = Trainer(TrainConfig(**config, log_prob_chunk_tokens=37), seed=4, device="cpu")
     full = Trainer(TrainConfig(**config, chunked_log_probs=False), seed=4, device="cpu")
     before = [p.detach().clone() for p in full.model.parameters()]
-    grads = [_first_step_gradients(chunked), _first_step_gradients(full)]
+    grads = [first_step_gradients(chunked), first_step_gradients(full)]
     one, two = chunked.train_step(), full.train_step()
     for name in ("entropy", "loss/total", "loss/entropy", "optim/grad_norm"):
         assert one[name] == pytest.approx(two[name], rel=1e-5), name
@@ -158,18 +159,6 @@ def test_chunked_log_probs_give_the_unchunked_update():
         torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()), rtol=1e-4)
     moved = [(a - b).abs().max() for a, b in zip(full.model.parameters(), before)]
     assert max(moved) > 1e-4  # the step did update the model
-
-
-def _first_step_gradients(trainer: Trainer) -> list[torch.Tensor]:
-    """Filled with the gradients that the trainer's first optimiser step receives."""
-    captured: list[torch.Tensor] = []
-
-    def capture(optimizer, args, kwargs):
-        if not captured:
-            captured.extend(p.grad.clone() for p in trainer.model.parameters())
-
-    trainer.optimizer.register_step_pre_hook(capture)
-    return captured
 
 
 def test_num_prompts_must_split_over_ranks():

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from grad_capture import first_step_gradients
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
@@ -71,10 +72,12 @@ def test_micro_batches_give_the_same_update():
     config = dict(FAST, loss_mode="clip_cov", clip_cov_ratio=0.05, clip_cov_lb=-1.0, total_steps=1)
     whole = Trainer(TrainConfig(**config), seed=2, device="cpu")
     split = Trainer(TrainConfig(**config, micro_batch_size=32), seed=2, device="cpu")
-    whole.train_step()
-    split.train_step()
-    for a, b in zip(whole.model.parameters(), split.model.parameters()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    grads = [first_step_gradients(whole), first_step_gradients(split)]
+    one, two = whole.train_step(), split.train_step()
+    assert one["loss/total"] == pytest.approx(two["loss/total"], rel=1e-5, abs=1e-8)
+    # Micro-batches change only the summation order (see tests/grad_capture.py).
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()), rtol=1e-4)
 
 
 @pytest.mark.parametrize(
