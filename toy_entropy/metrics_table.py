@@ -94,6 +94,20 @@ METRICS: tuple[Metric, ...] = (
         LOSSES,
     ),
     Metric(
+        "cov/top_<q>%_share",
+        "fraction",
+        "share of the summed positive covariance held by the top q% of tokens (NaN when no "
+        "covariance is positive)",
+        LOSSES,
+    ),
+    Metric(
+        "cov/tail_ratio",
+        "ratio",
+        "top-0.02% mean covariance / overall mean (the paper's Table 1: 5.654 / 0.003 = 1885)",
+        LOSSES,
+    ),
+    Metric("cov/valid_tokens", "tokens", "valid tokens of the optimisation batch (N)", LOSSES),
+    Metric(
         "cov/clip_higher_admitted_mean",
         "nats x advantage",
         "mean covariance of the tokens "
