@@ -77,7 +77,7 @@ def main() -> int:
         sanity, sanity_seconds = _run("sanity", Path(tmp) / "sanity")
         identity, _ = _run("bandit-identity", Path(tmp) / "identity")
     numbers = {
-        "torch": torch.__version__,
+        "torch": torch.__version__.split("+")[0],  # the build suffix (+cpu, +cu130) aside
         "sanity": sanity_numbers(sanity),
         "sanity_seconds": round(sanity_seconds, 1),
         "bandit_identity_rel_error_at_1e-3": {

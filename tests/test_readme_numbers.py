@@ -30,7 +30,7 @@ def test_the_readme_shows_the_recorded_numbers():
 def test_a_fresh_sanity_run_gives_the_readme_numbers(tmp_path, monkeypatch):
     numbers = _numbers_module()
     recorded = json.loads(numbers.NUMBERS.read_text())
-    if recorded["torch"] != torch.__version__:
+    if recorded["torch"] != torch.__version__.split("+")[0]:
         pytest.skip(f"numbers recorded with torch {recorded['torch']}, not {torch.__version__}")
     monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))  # a cold cache, as new
     assert main(["run", "sanity", "--out", str(tmp_path / "run"), "--quiet"]) == 0
