@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -67,9 +68,10 @@ from toy_entropy.warmstart import WarmStartConfig, warm_start
 __all__ = ["TrainConfig", "Trainer", "StepRecord", "NonFiniteError", "check_resumable"]
 
 NONFINITE_POLICIES = ("skip", "stop")
-# Per-update metrics that are NaN by definition on some updates (e.g. the first, on-policy
-# update admits no token beyond the symmetric clip); averaged over the updates that define them.
-NAN_AWARE_METRICS = frozenset({"cov/clip_higher_admitted_mean"})
+NAN_AWARE_METRICS = re.compile(r"cov/clip_higher_admitted_mean|cov/top_.*%_share|cov/tail_ratio")
+"""Per-update metrics that are NaN by definition on some updates (the first, on-policy update
+admits no token beyond the symmetric clip; no token has a positive covariance when every
+advantage is 0): averaged over the updates that define them, and not a non-finite fault."""
 
 
 class NonFiniteError(RuntimeError):
@@ -818,7 +820,7 @@ class Trainer:
         metrics = {}
         for name, values in update_metrics.items():
             # Diagnostics undefined on some updates (no token admitted) average over the rest.
-            mean = torch.nanmean if name in NAN_AWARE_METRICS else torch.mean
+            mean = torch.nanmean if NAN_AWARE_METRICS.fullmatch(name) else torch.mean
             metrics[name] = mean(torch.stack(values).double())
         metrics["filter/empty_updates"] = torch.tensor(float(empty_updates), device=self.device)
         if not identity_actual:  # no update this step: every group was filtered out
@@ -834,7 +836,7 @@ class Trainer:
         """Add the guard's device flags: whether the state the step started from gave
         non-finite outputs, and whether anything of the step (outputs, rewards, advantages,
         loss, gradients, identity) is non-finite."""
-        checked = [v for k, v in metrics.items() if k not in NAN_AWARE_METRICS]
+        checked = [v for k, v in metrics.items() if not NAN_AWARE_METRICS.fullmatch(k)]
         outputs_finite = torch.isfinite(metrics["entropy"]) & torch.isfinite(
             metrics["entropy/sampled_neg_log_prob"]
         )
