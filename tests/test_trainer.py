@@ -68,26 +68,13 @@ def test_identity_prediction_tracks_actual_change():
 
 
 def test_micro_batches_give_the_same_update():
-    """Accumulated micro-batch gradients equal the whole batch's. Compared before AdamW, which
-    turns float rounding in a near-zero gradient entry into a step of up to the learning rate."""
     config = dict(FAST, loss_mode="clip_cov", clip_cov_ratio=0.05, clip_cov_lb=-1.0, total_steps=1)
-    grads = []
-    for extra in ({}, {"micro_batch_size": 32}):
-        trainer = Trainer(TrainConfig(**config, **extra), seed=2, device="cpu")
-        step = trainer.optimizer.step
-
-        def record(*args, trainer=trainer, step=step, **kwargs):
-            parameters = trainer.model.parameters()
-            grads.append(
-                [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in parameters]
-            )
-            return step(*args, **kwargs)
-
-        trainer.optimizer.step = record
-        trainer.train_step()
-    whole, split = grads
-    for a, b in zip(whole, split):
-        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+    whole = Trainer(TrainConfig(**config), seed=2, device="cpu")
+    split = Trainer(TrainConfig(**config, micro_batch_size=32), seed=2, device="cpu")
+    whole.train_step()
+    split.train_step()
+    for a, b in zip(whole.model.parameters(), split.model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
