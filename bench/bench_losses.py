@@ -29,7 +29,8 @@ environment's packages, and put that directory on the path (tested with these ve
     pip install --no-deps --target /tmp/verl_site verl==0.9.1 omegaconf==2.4.0 \\
         tensordict==0.15.3 pyvers==0.2.3 transformers==5.24.0 huggingface_hub==2.4.0 \\
         httpx2==2.16.2 httpcore2==2.16.2 h11==0.16.0 truststore==0.10.5 safetensors==0.8.0 \\
-        tokenizers==0.23.3 regex codetiming==1.4.0 ray==2.60.0 msgpack pyyaml
+        tokenizers==0.23.3 regex==2026.11.19 codetiming==1.4.0 ray==2.60.0 msgpack==1.2.4 \\
+        pyyaml==6.0.4
     PYTHONPATH=/tmp/verl_site python bench/bench_losses.py --sizes 1e5,1e6 --threads 1,2
 
 Targets (issue #12, CPU): clip_cov <= 1.15x vanilla and <= 1.0x verl's clip_cov at 1e5 and

@@ -15,6 +15,7 @@ from toy_entropy.losses import (
     compute_policy_loss,
     select_tokens,
 )
+from toy_entropy.losses import fused as fused_kernels
 
 WORLD = 2
 
@@ -103,6 +104,9 @@ def _worker(rank: int, port: int) -> None:
             # Both ways of naming the group: a ProcessGroup and the Collectives wrapper.
             group = torch.distributed.group.WORLD if index % 2 else TorchDistributed()
             _run_case(rank, PolicyLossConfig(**fields), batch, group)
+        # Clip-Cov's compiled (fused) pass, forced on this small batch, in both computations.
+        fused_kernels.COMPILE_MIN_TOKENS = 0
+        _run_case(rank, PolicyLossConfig(**CASES[0][0]), CASES[0][1], TorchDistributed())
     finally:
         torch.distributed.destroy_process_group()
 

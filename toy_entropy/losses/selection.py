@@ -14,16 +14,21 @@ equal the log-probs of the micro-batch forward passes.
 
 Everything runs on the tensors' device with static shapes: no ``.item()``, no ``nonzero``, no
 boolean indexing, no host branch on values. Selecting the n best of N positions, where n is
-a device tensor, uses a top-k with the static bound ``k = max(1, floor(ratio * B * T))`` >= n,
-takes the n-th value as a threshold, and breaks ties at the threshold by the lowest global
-token index, so the result is deterministic and identical on any split of the rows across
-ranks. The single exception: on CPU, where reading a value is free, an all-zero response mask
-raises ValueError; on accelerators the check would need a host sync, so it is skipped and such
-a batch gives a zero loss.
+a device tensor, uses a top-k with the static bound ``k = max(1, floor(ratio * B * T))`` >= n
+and takes the n-th value as a threshold. KL-Cov breaks ties at the threshold by the lowest
+global token index; Clip-Cov's scores never tie (each candidate's random key is a seeded
+bijection of its global position, :mod:`toy_entropy.losses.fused`). So the result is
+deterministic and identical on any split of the rows across ranks. The single exception: on
+CPU, where reading a value is free, an all-zero response mask raises ValueError; on
+accelerators the check would need a host sync, so it is skipped and such a batch gives a zero
+loss.
 
 Performance: on CPU, the page faults of fresh (B, T) buffers cost as much as the arithmetic,
 so the selection works in two float buffers that it overwrites in place (see
-:class:`_BatchView`).
+:class:`_BatchView`). Clip-Cov's per-token chain (covariance, band, PPO-clip test, random
+key) is one pass, compiled by ``torch.compile`` for batches of 2^16 tokens and more
+(:func:`toy_entropy.losses.fused.fused`); its n largest scores are marked by a scatter of k
+entries instead of a pass over the batch.
 """
 
 from __future__ import annotations
@@ -159,7 +164,7 @@ def _select_top(
     k: int,
     scratch: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mark the ``n`` highest-scoring eligible positions of the global batch.
+    """Mark the ``n`` highest-scoring eligible positions of the global batch (KL-Cov).
 
     Args:
         comm: the data-parallel group.
