@@ -44,7 +44,13 @@ from toy_entropy.experiments.sweeps import (
 )
 from toy_entropy.experiments.training_runs import identity_figure, identity_stats, law_summary
 from toy_entropy.lawfit import fit_entropy_reward_law
-from toy_entropy.report import SubRun, claims_markdown, figure_curves, figure_law
+from toy_entropy.report import (
+    SubRun,
+    axis_label,
+    claims_markdown,
+    figure_curves,
+    figure_law,
+)
 from toy_entropy.tb_layout import band_tags
 
 __all__ = ["CURE_SETTINGS", "LessonConfig", "lesson_layout", "varying_fields"]
@@ -107,12 +113,8 @@ class LessonConfig(MethodsConfig):
 def lesson_layout(band_keys: tuple[str, ...]) -> dict:
     """The custom-scalars layout of the lesson: one mean +/- std chart per key (every method
     overlaid, one colour per ``<method>/seeds-mean`` run), and actual vs predicted dH."""
-    titles = {
-        "entropy": "entropy H(pi, D) [nats], mean +/- std over seeds",
-        "reward": "reward of the training rollouts [0-1], mean +/- std over seeds",
-    }
     charts = {
-        titles.get(key, f"{key} [0-1], mean +/- std over seeds"): ["Margin", list(band_tags(key))]
+        f"{axis_label(key)}, mean +/- std over seeds": ["Margin", list(band_tags(key))]
         for key in band_keys
     }
     return {
