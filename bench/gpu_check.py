@@ -12,7 +12,7 @@ failure never stops the parts after it. The Markdown file (``--out``) and the JS
 
 Parts, in the order they run (on ``--device cuda``; ``--tiny`` shrinks every size):
 
-- ``losses``: ``bench/bench_losses.py``'s ``time_modes`` (imported) at 1e6 and 1e7 tokens:
+- ``losses``: ``bench/bench_losses.py``'s ``make_step`` and ``time_steps`` (imported) at 1e6 and 1e7 tokens:
   select_tokens + compute_policy_loss + backward, median ms per step of each loss mode and the
   ratios of clip_cov / kl_cov / pg to vanilla PPO; on CUDA under
   ``torch.cuda.set_sync_debug_mode("error")`` (any host sync raises).
@@ -525,17 +525,20 @@ PARTS = [
 
 
 def child_losses(args: argparse.Namespace) -> None:
-    """Time the loss modes with bench_losses.time_modes; print one JSON line."""
+    """Time the loss modes with bench_losses (make_batch, make_step, time_steps, which runs
+    the project's steps under CUDA sync-debug "error"); print one JSON line."""
     bench = import_bench("bench_losses")
     device = torch.device(args.device)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     ms = {}
     for n in sizes:
         repeats = 3 if n < 10**5 else 7 if n >= 10**7 else 21
-        ms[f"{n:.0e}"] = bench.time_modes(n, device, repeats)
+        batch = bench.make_batch(n, device)
+        steps = {mode: bench.make_step(mode, batch, device) for mode in bench.MODES}
+        ms[f"{n:.0e}"] = bench.time_steps(steps, device, repeats)
     sync = "n/a on CPU"
     if args.device == "cuda":
-        sync = 'set_sync_debug_mode("error") (bench_losses.time_modes)'
+        sync = 'set_sync_debug_mode("error") (bench_losses.time_steps)'
     print(json.dumps({"ms": ms, "modes": list(bench.MODES), "sync_debug": sync}))
 
 
