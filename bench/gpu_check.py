@@ -12,7 +12,8 @@ failure never stops the parts after it. The Markdown file (``--out``) and the JS
 
 Parts, in the order they run (on ``--device cuda``; ``--tiny`` shrinks every size):
 
-- ``losses``: ``bench/bench_losses.py``'s ``make_step`` and ``time_steps`` (imported) at 1e6 and 1e7 tokens:
+- ``losses``: ``bench/bench_losses.py``'s ``make_step`` and ``time_steps`` (imported) at 1e6 and
+  1e7 tokens:
   select_tokens + compute_policy_loss + backward, median ms per step of each loss mode and the
   ratios of clip_cov / kl_cov / pg to vanilla PPO; on CUDA under
   ``torch.cuda.set_sync_debug_mode("error")`` (any host sync raises).
