@@ -1,6 +1,6 @@
-"""Produce every number the README shows, from fresh runs, into docs/numbers.json.
+"""Produce every number the README shows, from fresh runs, into docs/readme_numbers.json.
 
-    python docs/numbers.py            # about a minute on 2 CPU cores
+    python docs/readme_numbers.py            # about a minute on 2 CPU cores
 
 It runs the README's commands (`toy-entropy run sanity`, `toy-entropy run bandit-identity`)
 with their default seed into a temporary directory, stores the numbers with the torch version
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-NUMBERS = HERE / "numbers.json"
+NUMBERS = HERE / "readme_numbers.json"
 
 
 def sanity_numbers(headline: dict) -> dict:
