@@ -55,6 +55,9 @@ def test_cure_tiny_run_writes_table1_methods_and_claims(tmp_path, monkeypatch, o
     assert ratio["holds"] == (ratio["measured"] > 5)
     assert ids["cure.batch.valid_tokens_per_update"]["holds"] is False  # tiny batches
     assert (out / "cure_curves.png").stat().st_size > 0
+    anatomy = headline["anatomy_step1"]
+    assert 0 <= anatomy["anatomy/top_0.2%_distractor_share"] <= 1
+    assert anatomy["anatomy/top_0.2%_log_prob"] < 0
     rows = [json.loads(line) for line in (out / "grpo" / "seed0" / "metrics.jsonl").open()]
     assert {"cov/tail_ratio", "cov/top_0.02%_share", "cov/valid_tokens"} <= set(rows[1])
 
