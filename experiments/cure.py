@@ -185,7 +185,12 @@ def cure_train_config(
     return replace(base, **changes)
 
 
-def covariance_anatomy(trainer, batch: dict) -> dict[str, float]:
+def _field(batch, name: str) -> torch.Tensor:
+    """A rollout tensor from this trainer's dict or from a typed rollout with attributes."""
+    return batch[name] if isinstance(batch, dict) else getattr(batch, name)
+
+
+def covariance_anatomy(trainer, batch) -> dict[str, float]:
     """Rollout hook: which tokens hold the covariance tail of the ``fork`` task.
 
     Over the whole rollout's valid tokens (the loss mask), with ``cov`` centred on rollout
@@ -194,12 +199,13 @@ def covariance_anatomy(trainer, batch: dict) -> dict[str, float]:
     beta = 1 penalty cannot hold a token against the policy-gradient term); and the share of
     the summed covariance held by fork positions and by distractor tokens.
     """
-    mask = batch["mask"]  # (B, T)
+    mask = _field(batch, "mask")  # (B, T)
     if not bool(mask.any()):
         return {}
-    lp, adv = batch["old_log_probs"], batch["advantages"]  # (B, T) each
+    lp, adv = _field(batch, "old_log_probs"), _field(batch, "advantages")  # (B, T) each
     cov = token_covariance(lp, adv, masked_token_mean(lp, mask), masked_token_mean(adv, mask))
-    cov, lp, adv, tokens = cov[mask], lp[mask], adv[mask], batch["responses"][mask]  # (N,)
+    tokens = _field(batch, "responses")[mask]  # (N,)
+    cov, lp, adv = cov[mask], lp[mask], adv[mask]  # (N,) each
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)[mask]  # (N,)
     task = trainer.task
     distractor = tokens >= task.vocab.distractor_ids.start  # (N,)
