@@ -24,10 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from toy_entropy.claims import Claim, between, greater_than, less_than
 from toy_entropy.config import ConfigError, check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import confidence_interval, finite_mean, rank_correlation
+from toy_entropy.entropy import masked_token_mean
 from toy_entropy.experiments.methods import CLIP_COV_PPO, method_stats, methods_claims
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
@@ -38,8 +40,10 @@ from toy_entropy.experiments.sweeps import (
     run_sweep,
 )
 from toy_entropy.experiments.table1 import report_table1
+from toy_entropy.losses import token_covariance
 from toy_entropy.losses.diagnostics import PAPER_TABLE1
 from toy_entropy.report import SubRun, figure_curves, markdown_table
+from toy_entropy.rollout import Rollout
 from toy_entropy.scale_presets import parse_task_kwargs
 from toy_entropy.trainer import TrainConfig
 
@@ -63,6 +67,12 @@ kl-cov-2e-3, the others vary r, k and beta for the monotonicity claims; the entr
 DEFAULT_METHODS = tuple(m for m in CURE_METHODS if not m.startswith("entropy-"))
 
 PAPER_CLIP_COV, PAPER_KL_COV = "clip-cov-2e-4", "kl-cov-2e-3"
+ANATOMY_KEYS = (
+    "anatomy/top_0.2%_distractor_share", "anatomy/top_0.2%_fork_share",
+    "anatomy/top_0.2%_log_prob", "anatomy/top_0.2%_advantage",
+    "anatomy/top_0.2%_abs_advantage_above_1", "anatomy/fork_cov_share",
+    "anatomy/distractor_cov_share",
+)  # fmt: skip
 SMOKE_BANNER = (
     "cure --quick is a SMOKE TEST: small batches and few steps; its claims are computed but "
     "not scored against the paper. Run the full preset for the regime."
@@ -182,6 +192,40 @@ def cure_train_config(
     return replace(base, **changes)
 
 
+def covariance_anatomy(trainer, rollout: Rollout) -> dict[str, float]:
+    """Rollout hook: which tokens hold the covariance tail of the ``fork`` task.
+
+    Over the whole rollout's valid tokens (the loss mask), with ``cov`` centred on rollout
+    means: of the top 0.2% by covariance, the share that are distractors, the share at fork
+    positions, their mean log-prob and advantage and the share with ``|A| > 1`` (where KL-Cov's
+    beta = 1 penalty cannot hold a token against the policy-gradient term); and the share of
+    the summed covariance held by fork positions and by distractor tokens.
+    """
+    mask = rollout.mask  # (B, T)
+    if not bool(mask.any()):
+        return {}
+    lp, adv = rollout.old_log_probs, rollout.advantages  # (B, T) each
+    cov = token_covariance(lp, adv, masked_token_mean(lp, mask), masked_token_mean(adv, mask))
+    tokens = rollout.responses[mask]  # (N,)
+    cov, lp, adv = cov[mask], lp[mask], adv[mask]  # (N,) each
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)[mask]  # (N,)
+    task = trainer.task
+    distractor = tokens >= task.vocab.distractor_ids.start  # (N,)
+    fork = torch.isin(positions, torch.as_tensor(task.fork_positions, device=mask.device))
+    top = cov.topk(max(1, int(2e-3 * cov.numel()))).indices
+    total = cov.sum()
+    values = {
+        "anatomy/top_0.2%_distractor_share": distractor[top].double().mean(),
+        "anatomy/top_0.2%_fork_share": fork[top].double().mean(),
+        "anatomy/top_0.2%_log_prob": lp[top].double().mean(),
+        "anatomy/top_0.2%_advantage": adv[top].double().mean(),
+        "anatomy/top_0.2%_abs_advantage_above_1": (adv[top].abs() > 1).double().mean(),
+        "anatomy/fork_cov_share": cov[fork].sum() / total,
+        "anatomy/distractor_cov_share": cov[distractor].sum() / total,
+    }
+    return {k: float(v) for k, v in values.items()}
+
+
 def roughness(entropy: np.ndarray) -> float:
     """Instability of an entropy curve: the std of its step-to-step changes over the second
     half of the run, relative to its mean there (dimensionless; 0 for a smooth line)."""
@@ -262,7 +306,12 @@ def run(config: CureConfig, context: RunContext) -> ExperimentResult:
     num_prompts = _resolve_prompts(config, context.device.type)
     warm_seed = context.seed if config.shared_warm_start else -1
     specs = [
-        RunSpec(method, context.seed + i, cure_train_config(config, method, num_prompts, warm_seed))
+        RunSpec(
+            method,
+            context.seed + i,
+            cure_train_config(config, method, num_prompts, warm_seed),
+            hooks=(covariance_anatomy,),
+        )
         for method in config.methods
         for i in range(config.num_seeds)
     ]
@@ -286,6 +335,13 @@ def run(config: CureConfig, context: RunContext) -> ExperimentResult:
     figure = figure_curves(sub_runs, ("entropy", "reward", "cov/tail_ratio"), "cure")
     figure.savefig(context.out_dir / "cure_curves.png", dpi=80)
     writer.add_figure("cure/entropy_reward_tail", figure)
+    anatomy = {
+        key: finite_mean([r.rows[0].get(key, np.nan) for r in groups.get("grpo", results)])
+        for key in ANATOMY_KEYS
+    }
+    print("\nstep-1 anatomy of the covariance (GRPO runs): " + ", ".join(
+        f"{key.split('/')[1]} {value:.3g}" for key, value in anatomy.items()
+    ))  # fmt: skip
     headline = {
         "smoke_test": config.smoke_test,
         "task": {
@@ -300,6 +356,7 @@ def run(config: CureConfig, context: RunContext) -> ExperimentResult:
             "seeds": config.num_seeds,
         },
         "table1": {"paper": PAPER_TABLE1, "measured": measured},
+        "anatomy_step1": anatomy,
         "methods": stats,
         "tables": tables,
     }

@@ -55,6 +55,9 @@ def test_cure_tiny_run_writes_table1_methods_and_claims(tmp_path, monkeypatch, o
     assert ratio["holds"] == (ratio["measured"] > 5)
     assert ids["cure.batch.valid_tokens_per_update"]["holds"] is False  # tiny batches
     assert (out / "cure_curves.png").stat().st_size > 0
+    anatomy = headline["anatomy_step1"]
+    assert 0 <= anatomy["anatomy/top_0.2%_distractor_share"] <= 1
+    assert anatomy["anatomy/top_0.2%_log_prob"] < 0
     rows = [json.loads(line) for line in (out / "grpo" / "seed0" / "metrics.jsonl").open()]
     assert {"cov/tail_ratio", "cov/top_0.02%_share", "cov/valid_tokens"} <= set(rows[1])
 
@@ -118,3 +121,32 @@ def test_filtered_groups_are_scored_with_their_own_tokens(tmp_path, monkeypatch,
     entropy = batch.token_entropy[filtered][generated[filtered]]
     nll = -batch.old_log_probs[filtered][generated[filtered]]
     assert torch.isfinite(entropy).all() and torch.isfinite(nll).all()
+
+
+def test_covariance_anatomy_on_a_hand_made_rollout():
+    from types import SimpleNamespace
+
+    from toy_entropy.envs.sequence import make_task
+    from toy_entropy.experiments.cure import covariance_anatomy
+
+    task = make_task("fork", num_forks=1, segment_length=3, extra_tokens=10)
+    trainer = SimpleNamespace(task=task)
+    d = task.vocab.distractor_ids.start
+    f0, s0 = task.vocab.id("f0"), task.vocab.id("s0")
+    # Row 0 (A = -1) holds a distractor at position 1 with log-prob -10; row 1 (A = +1) is clean.
+    batch = SimpleNamespace(
+        mask=torch.ones(2, 5, dtype=torch.bool),
+        responses=torch.tensor([[f0, d, s0, s0, 2], [f0, s0, s0, s0, 2]]),
+        old_log_probs=torch.tensor([[-1.0, -10.0, 0.0, 0.0, 0.0], [-0.5, 0.0, 0.0, 0.0, 0.0]]),
+        advantages=torch.tensor([[-1.0] * 5, [1.0] * 5]),
+    )
+    values = covariance_anatomy(trainer, batch)
+    assert values["anatomy/top_0.2%_distractor_share"] == 1.0  # the single top token
+    assert values["anatomy/top_0.2%_log_prob"] == -10.0
+    mean_lp = -11.5 / 10  # cov_i = (lp_i + 1.15) * A_i
+    cov = [(lp + 1.15) * a for lp, a in ((-1, -1), (-10, -1), (-0.5, 1))] + [1.15 * -1] * 3
+    cov += [1.15] * 4
+    total = sum(cov)
+    assert values["anatomy/distractor_cov_share"] == pytest.approx(cov[1] / total)
+    assert values["anatomy/fork_cov_share"] == pytest.approx((cov[0] + cov[2]) / total)
+    assert mean_lp == pytest.approx(-1.15)

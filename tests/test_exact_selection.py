@@ -60,7 +60,7 @@ def test_natural_gradient_without_selection_is_the_normalised_action_value():
 
 
 def test_heavier_tail_lets_kl_cov_keep_more_entropy():
-    config = ExactConfig(max_steps=200)
+    config = ExactConfig(max_steps=40)  # GRPO falls below 10% by step 13-15
     light = map_cell(config, 4, 1, 1e-1)
     heavy = map_cell(config, 4, 1, 1e-3)
     assert heavy["tail"]["tail_ratio"] > 10 * light["tail"]["tail_ratio"]

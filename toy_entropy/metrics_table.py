@@ -284,6 +284,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("control/target", "nats", "the controller's target entropy", "entropy-targets"),
     Metric("control/error", "fraction", "(target - entropy) / target", "entropy-targets"),
     Metric(
+        "anatomy/<what>",
+        "as named",
+        "which tokens hold the covariance tail of the fork task at each step: shares of the "
+        "top 0.2% that are distractors / forks, their mean log-prob and advantage, the share "
+        "of the summed covariance at fork and distractor tokens",
+        "cure",
+    ),
+    Metric(
         "band/<metric>_low",
         "as the metric",
         "seed mean - std, in <variant>/seeds-mean runs",
