@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from results_file import append_results
 
 from toy_entropy.model import GPT, GPTConfig
 
@@ -147,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(note)
     if args.out:
-        command = "python bench/bench_rollout.py " + " ".join(argv or sys.argv[1:])
-        with open(args.out, "a") as f:
-            f.write(f"\n`{command.strip()}`  \n{note}\n\n" + "\n".join(lines) + "\n")
+        append_results(args.out, "bench_rollout.py", argv, note, lines)
     return 0
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_rollout import no_host_sync, timed  # noqa: E402
+from results_file import append_results  # noqa: E402
 
 from toy_entropy.trainer import TrainConfig, Trainer  # noqa: E402
 
@@ -148,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(note)
     if args.out:
-        command = "python bench/bench_update.py " + " ".join(argv or sys.argv[1:])
-        with open(args.out, "a") as f:
-            f.write(f"\n`{command.strip()}`  \n{note}\n\n" + "\n".join(lines) + "\n")
+        append_results(args.out, "bench_update.py", argv, note, lines)
     return 0
 
 
