@@ -241,6 +241,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             atomic_write_json(out.path / "config.json", record)
         result = spec.run(config, context)
     except (ConfigError, RunDirError) as error:  # refused by a check that needs the run
+        context.close()  # first: a TensorBoard writer flushing later would recreate the dir
         out.discard()
         raise UserError(str(error)) from None
     except ValueError as error:  # e.g. a corrupt or mismatched checkpoint found on --resume
@@ -248,6 +249,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise
         raise UserError(str(error)) from None
     except interrupts.Interrupted as stop:
+        context.close()
         return _interrupted(spec.name, out, stop)
     except NonFiniteError as error:
         context.close()
