@@ -443,3 +443,13 @@ def test_values_at_masked_positions_are_ignored():
     (grad,) = torch.autograd.grad(loss, log_probs)
     assert torch.equal(loss, clean) and torch.equal(grad, clean_grad)
     assert torch.equal(grad[~mask], torch.zeros(6))
+
+
+def test_resume_without_a_checkpoint_is_refused(unfinished_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(unfinished_run, copy)
+    shutil.rmtree(copy / "checkpoints")  # killed before its first checkpoint
+    before = _tree(copy)
+    assert main(["run", "sanity", "--resume", str(copy), "--quiet"]) == 2
+    _one_line_error(capsys, "no checkpoint", "--overwrite")
+    assert _tree(copy) == before
