@@ -25,6 +25,7 @@ from toy_entropy.rundir import (
     path_option,
     prepare_out_dir,
     resume_directory,
+    thread_count,
 )
 
 # torch and everything that imports it are imported where a command needs them, so that
@@ -110,10 +111,10 @@ def _default_out(name: str, seed: int) -> Path:
 
 
 def _check_threads(threads: int | None) -> int:
-    threads = 1 if threads is None else threads
-    if threads < 1:
-        raise UserError(f"--threads={threads} is invalid: expected an integer >= 1")
-    return threads
+    try:
+        return thread_count(threads)
+    except RunDirError as error:
+        raise UserError(str(error)) from None
 
 
 def _seed_everything(seed: int) -> None:

@@ -29,7 +29,6 @@ import torch
 from toy_entropy.claims import Claim, between, greater_than, less_than
 from toy_entropy.config import ConfigError, check_choice, check_positive_int, check_range
 from toy_entropy.curve_stats import confidence_interval, finite_mean, rank_correlation
-from toy_entropy.entropy import masked_token_mean
 from toy_entropy.experiments.methods import CLIP_COV_PPO, method_stats, methods_claims
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
@@ -40,7 +39,7 @@ from toy_entropy.experiments.sweeps import (
     run_sweep,
 )
 from toy_entropy.experiments.table1 import report_table1
-from toy_entropy.losses import token_covariance
+from toy_entropy.losses import masked_token_covariance
 from toy_entropy.losses.diagnostics import PAPER_TABLE1
 from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.rollout import Rollout
@@ -205,7 +204,7 @@ def covariance_anatomy(trainer, rollout: Rollout) -> dict[str, float]:
     if not bool(mask.any()):
         return {}
     lp, adv = rollout.old_log_probs, rollout.advantages  # (B, T) each
-    cov = token_covariance(lp, adv, masked_token_mean(lp, mask), masked_token_mean(adv, mask))
+    cov = masked_token_covariance(lp, adv, mask)
     tokens = rollout.responses[mask]  # (N,)
     cov, lp, adv = cov[mask], lp[mask], adv[mask]  # (N,) each
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)[mask]  # (N,)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from toy_entropy.losses.selection import token_covariance
+from toy_entropy.losses import masked_token_covariance
 from toy_entropy.rollout import Rollout
 
 __all__ = [
@@ -40,12 +40,8 @@ whose GRPO advantages are zero, are left out (``easy`` excludes 1)."""
 def batch_token_covariance(rollout: Rollout) -> torch.Tensor:
     """``(B, T)`` token covariance ``(lp - mean lp)(A - mean A)``, means over the valid tokens
     of the whole batch; 0 at invalid positions."""
-    mask = rollout.mask
     lp, adv = rollout.old_log_probs.double(), rollout.advantages.double()  # (B, T)
-    weights = mask.double()
-    n = weights.sum().clamp(min=1)
-    cov = token_covariance(lp, adv, (lp * weights).sum() / n, (adv * weights).sum() / n)
-    return cov * weights
+    return masked_token_covariance(lp, adv, rollout.mask)
 
 
 def group_covariance(
@@ -154,17 +150,15 @@ class ClipHigherAdmitted:
             lp = torch.log_softmax(logits.double(), dim=-1)
             lp = lp.gather(-1, rollout.responses[rows].unsqueeze(-1)).squeeze(-1)  # (b, T)
         old, adv = rollout.old_log_probs[rows].double(), rollout.advantages[rows].double()
-        weights = mask.double()
-        n = weights.sum().clamp(min=1)
-        cov = token_covariance(lp, adv, (lp * weights).sum() / n, (adv * weights).sum() / n)
+        cov = masked_token_covariance(lp, adv, mask)  # (b, T)
         ratio = (lp - old).exp()
         admitted = mask & (adv > 0) & (ratio > 1 + config.clip_ratio_low)
         admitted &= ratio <= 1 + config.clip_ratio_high
         return {
             "clip_higher.count": admitted.sum().double(),
             "clip_higher.cov_sum": (cov * admitted).sum(),
-            "clip_higher.valid": weights.sum(),
-            "clip_higher.all_cov_sum": (cov * weights).sum(),
+            "clip_higher.valid": mask.double().sum(),
+            "clip_higher.all_cov_sum": cov.sum(),  # 0 at invalid positions
         }
 
     def finish(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -30,10 +30,10 @@ from toy_entropy import interrupts
 from toy_entropy.config import config_to_dict
 from toy_entropy.curve_stats import seed_band
 from toy_entropy.experiments.registry import RunContext
-from toy_entropy.experiments.training_runs import log_run_end, resume_state
+from toy_entropy.experiments.training_runs import log_run_end
 from toy_entropy.rollout import RolloutHook, UpdateProbe
 from toy_entropy.tb_layout import add_layout, band_tags
-from toy_entropy.trainer import TrainConfig, Trainer
+from toy_entropy.trainer import TrainConfig, Trainer, resume_state
 
 __all__ = [
     "RunSpec",

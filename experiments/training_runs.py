@@ -3,49 +3,25 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
-from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.config import config_to_dict
 from toy_entropy.experiments.registry import RunContext
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.plots import plt, scatter_identity
 from toy_entropy.runlog import RunWriter, tensorboard_tag
 from toy_entropy.tb_layout import add_layout
-from toy_entropy.trainer import TrainConfig, Trainer, check_resumable
+from toy_entropy.trainer import TrainConfig, Trainer, resume_state
 
 __all__ = [
     "train_one_run",
-    "resume_state",
     "log_run_end",
     "identity_figure",
     "identity_stats",
     "identity_summary",
     "law_summary",
 ]
-
-
-def resume_state(checkpoints: Path, config: TrainConfig, required: bool) -> dict | None:
-    """The newest checkpoint of a run being resumed, checked against ``config`` before any of
-    the run's logs is touched.
-
-    Raises:
-        ValueError: no checkpoint (when ``required``), a corrupt one, or another config.
-    """
-    path = latest_checkpoint(checkpoints)
-    if path is None:
-        if required:
-            raise ValueError(
-                f"--resume: no checkpoint in {checkpoints} (the run stopped before writing one; "
-                "with checkpoint_every=0 only a finished or interrupted run has one); "
-                "rerun with --overwrite"
-            )
-        return None
-    state = load_checkpoint(path)
-    check_resumable(state, config)
-    return state
 
 
 def train_one_run(

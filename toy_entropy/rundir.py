@@ -25,6 +25,7 @@ __all__ = [
     "add_run_directory_options",
     "path_option",
     "resume_directory",
+    "thread_count",
     "OutDir",
     "prepare_out_dir",
     "check_new_out_dir",
@@ -83,6 +84,18 @@ def add_run_directory_options(parser: argparse.ArgumentParser, out_help: str) ->
         help="CPU threads of torch per process (default 1: the same numbers on any machine; "
         "the thread count changes the order of floating-point sums)",
     )
+
+
+def thread_count(threads: int | None) -> int:
+    """The ``--threads`` value: 1 when not given.
+
+    Raises:
+        RunDirError: a value below 1.
+    """
+    threads = 1 if threads is None else threads
+    if threads < 1:
+        raise RunDirError(f"--threads={threads} is invalid: expected an integer >= 1")
+    return threads
 
 
 def resume_directory(args: argparse.Namespace) -> Path | None:

@@ -245,7 +245,9 @@ class RunWriter:
             self._tb.add_text(tag, text, global_step=step)
 
     def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
-        if self._tb is not None:
+        """Log a histogram of ``values``; nothing when there are none (e.g. a rollout whose
+        every group the all-equal filter dropped), which TensorBoard refuses."""
+        if self._tb is not None and values.numel():
             self._tb.add_histogram(tag, values.detach().float().cpu(), global_step=step)
 
     def write_config(self, config: Mapping[str, Any]) -> None:

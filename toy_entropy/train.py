@@ -29,7 +29,6 @@ import torch
 import torch.distributed
 
 from toy_entropy import interrupts
-from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.config import ConfigError, apply_overrides, config_to_dict
 from toy_entropy.parallel import init_from_env
 from toy_entropy.rundir import (
@@ -40,9 +39,10 @@ from toy_entropy.rundir import (
     check_resume_dir,
     prepare_out_dir,
     resume_directory,
+    thread_count,
 )
 from toy_entropy.runlog import RunWriter, environment_info, write_run_summary
-from toy_entropy.trainer import NonFiniteError, TrainConfig, Trainer, check_resumable
+from toy_entropy.trainer import NonFiniteError, TrainConfig, Trainer, resume_state
 from toy_entropy.warmstart import check_cache_dir
 
 __all__ = ["main"]
@@ -79,8 +79,6 @@ def _out_dir(args: argparse.Namespace) -> Path:
     out = resume_directory(args) or args.out
     if out is None:
         raise RunDirError("--out is required (the run directory)")
-    if args.threads is not None and args.threads < 1:
-        raise RunDirError(f"--threads={args.threads} is invalid: expected an integer >= 1")
     if not args.dist_timeout > 0:
         raise RunDirError(f"--dist-timeout={args.dist_timeout} is invalid: expected seconds > 0")
     return out
@@ -89,13 +87,8 @@ def _out_dir(args: argparse.Namespace) -> Path:
 def _resume_state(out: Path, config: TrainConfig, parallel) -> dict:
     """The newest checkpoint in ``out``, checked against this run before anything is written."""
     check_resume_dir(out)
-    checkpoints = out / "checkpoints"
-    path = latest_checkpoint(checkpoints)
-    if path is None:
-        raise ValueError(f"--resume: no checkpoint in {checkpoints}; rerun with --overwrite")
-    state = load_checkpoint(path)
+    state = resume_state(out / "checkpoints", config, required=True)
     parallel.check_checkpoint(state)
-    check_resumable(state, config)
     return state
 
 
@@ -113,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
     out_path = _out_dir(args)
     config = apply_overrides(TrainConfig(), args.overrides)
     check_cache_dir()
-    threads = args.threads or 1
+    threads = thread_count(args.threads)
     torch.set_num_threads(threads)
     parallel, device = init_from_env(args.device, timedelta(seconds=args.dist_timeout))
     # Every rank checks before rank 0 writes anything, so a refusal leaves the disk as it was.

@@ -37,7 +37,7 @@ from toy_entropy.advantages import (
     compute_advantages,
     filter_uniform_groups,
 )
-from toy_entropy.checkpoint import save_checkpoint
+from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from toy_entropy.config import (
     ConfigError,
     check_choice,
@@ -55,8 +55,8 @@ from toy_entropy.losses import (
     PolicyLossConfig,
     compute_policy_loss,
     kl_estimate,
+    masked_token_covariance,
     select_tokens,
-    token_covariance,
 )
 from toy_entropy.model import GPT, PRESETS, GPTConfig
 from toy_entropy.parallel import DataParallel, HiddenStates, mini_batch_rows, stratum_groups
@@ -65,7 +65,14 @@ from toy_entropy.scale_presets import SCALE_PRESETS, apply_scale_preset, parse_t
 from toy_entropy.token_stats import token_log_probs_and_entropy
 from toy_entropy.warmstart import WarmStartConfig, warm_start
 
-__all__ = ["TrainConfig", "Trainer", "StepRecord", "NonFiniteError", "check_resumable"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "StepRecord",
+    "NonFiniteError",
+    "check_resumable",
+    "resume_state",
+]
 
 NONFINITE_POLICIES = ("skip", "stop")
 NAN_AWARE_METRICS = re.compile(r"cov/clip_higher_admitted_mean|cov/top_.*%_share|cov/tail_ratio")
@@ -287,13 +294,13 @@ def check_memory(
     need = (rollout_rows + eval_rows) * tokens * 48 + generate_rows * tokens * kv_per_token
     have = device_memory_bytes(device)
     if need > have:
-        field, value = (
+        name, value = (
             ("num_prompts", config.num_prompts)
             if rollout_rows >= eval_rows
             else ("eval_prompts", config.eval_prompts)
         )
         raise ConfigError(
-            field,
+            name,
             value,
             f"the rollout and evaluation batches need at least {need / 2**30:.1f} GiB, more than "
             f"the {have / 2**30:.1f} GiB of {device}",
@@ -307,6 +314,27 @@ def check_resumable(state: dict, config: TrainConfig) -> None:
     """
     if not isinstance(state, dict) or state.get("config") != asdict(config):
         raise ValueError("checkpoint was written with a different config; cannot resume")
+
+
+def resume_state(checkpoints: Path, config: TrainConfig, required: bool) -> dict | None:
+    """The newest checkpoint of a run being resumed, checked against ``config`` before any of
+    the run's logs is touched.
+
+    Raises:
+        ValueError: no checkpoint (when ``required``), a corrupt one, or another config.
+    """
+    path = latest_checkpoint(checkpoints)
+    if path is None:
+        if required:
+            raise ValueError(
+                f"--resume: no checkpoint in {checkpoints} (the run stopped before writing one; "
+                "with checkpoint_every=0 only a finished or interrupted run has one); "
+                "rerun with --overwrite"
+            )
+        return None
+    state = load_checkpoint(path)
+    check_resumable(state, config)
+    return state
 
 
 def _pass_at_k(correct: torch.Tensor, k: int) -> torch.Tensor:
@@ -351,7 +379,6 @@ class Trainer:
     ) -> None:
         self.config, self.seed, self.device = config, seed, torch.device(device)
         self.rollout_hooks, self.update_probes = tuple(rollout_hooks), tuple(update_probes)
-        self._probe_totals: dict[str, torch.Tensor] = {}
         self.warm_seed = seed if config.warmstart_seed < 0 else config.warmstart_seed
         self.log_fn, self.writer = log_fn, writer
         self.checkpoint_dir = checkpoint_dir
@@ -712,7 +739,7 @@ class Trainer:
         hook_metrics = self._run_rollout_hooks(rollout)
         stats = self.parallel.gather_stats(rollout.stats())  # the whole rollout (all ranks)
         started = time.perf_counter()
-        update_metrics, identity = self._update(rollout)
+        update_metrics, identity, probe_totals = self._update(rollout)
         update_seconds = time.perf_counter() - started
         metrics = self._rollout_metrics(stats) | update_metrics
         metrics["identity/actual_dH"] = identity[1].sum()
@@ -741,7 +768,7 @@ class Trainer:
         host["guard/skipped_updates"] = float(self.skipped_updates)
         host.update(hook_metrics)
         for probe in self.update_probes:
-            host.update(probe.finish(self._probe_totals))
+            host.update(probe.finish(probe_totals))
         if self.step % cfg.eval_every == 0 or self.step == cfg.total_steps:
             host.update(self.evaluate())
         histogram_step = cfg.histogram_every and self.step % cfg.histogram_every == 0
@@ -783,17 +810,20 @@ class Trainer:
             metrics["kl/reference_k3"] = masked_token_mean(k3, mask)
         return metrics
 
-    def _update(self, rollout: Rollout) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _update(
+        self, rollout: Rollout
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
         """``num_iterations`` passes of ``num_mini_batches`` optimiser steps over the rollout.
 
-        Returns the update metrics averaged over the optimiser steps and the identity points
-        ``(2, num_updates)``: predicted and actual entropy change (nats) on the probe states.
+        Returns the update metrics averaged over the optimiser steps, the identity points
+        ``(2, num_updates)`` (predicted and actual entropy change, nats, on the probe states)
+        and the update probes' totals summed over the steps.
         """
         cfg = self.config
         update_metrics: dict[str, list[torch.Tensor]] = {}
         identity_actual, identity_predicted = [], []
+        probe_totals: dict[str, torch.Tensor] = {}
         empty_updates = 0
-        self._probe_totals = {}
         for _ in range(cfg.num_iterations):
             passes = mini_batch_rows(
                 cfg.num_prompts,
@@ -808,7 +838,7 @@ class Trainer:
                     continue
                 for probe in self.update_probes:
                     for name, value in probe.before_update(self, rollout, rows).items():
-                        self._probe_totals[name] = self._probe_totals.get(name, 0) + value
+                        probe_totals[name] = probe_totals.get(name, 0) + value
                 before = self._probe_logits()
                 step_metrics = self._optimise(rollout, rows, on_policy=not identity_actual)
                 after = self._probe_logits()
@@ -826,9 +856,9 @@ class Trainer:
         if not identity_actual:  # no update this step: every group was filtered out
             for name in ("loss/total", "optim/grad_norm"):
                 metrics[name] = torch.zeros((), dtype=torch.float64, device=self.device)
-            return metrics, torch.zeros(2, 0, dtype=torch.float64, device=self.device)
+            return metrics, torch.zeros(2, 0, dtype=torch.float64, device=self.device), probe_totals
         identity = torch.stack([torch.stack(identity_predicted), torch.stack(identity_actual)])
-        return metrics, identity
+        return metrics, identity, probe_totals
 
     def _guard_flags(
         self, metrics: dict[str, torch.Tensor], stats: RolloutStats, identity: torch.Tensor
@@ -990,11 +1020,7 @@ class Trainer:
 
     def _histograms(self, stats: RolloutStats) -> None:
         mask = stats.mask
-        means = (
-            masked_token_mean(stats.old_log_probs, mask),
-            masked_token_mean(stats.advantages, mask),
-        )
-        covariance = token_covariance(stats.old_log_probs, stats.advantages, *means)[mask]
+        covariance = masked_token_covariance(stats.old_log_probs, stats.advantages, mask)[mask]
         self.writer.add_histogram("covariance/token_covariance", covariance, self.step)
         self.writer.add_histogram("entropy/per_state", stats.token_entropy[mask], self.step)
 

@@ -12,7 +12,12 @@ from toy_entropy.losses.distributed import Collectives, SingleProcess, TorchDist
 from toy_entropy.losses.policy_losses import compute_policy_loss, policy_loss
 from toy_entropy.losses.registry import POLICY_LOSSES, get_policy_loss, register_policy_loss
 from toy_entropy.losses.regularizers import KL_ESTIMATORS, kl_estimate
-from toy_entropy.losses.selection import TokenSelection, select_tokens, token_covariance
+from toy_entropy.losses.selection import (
+    TokenSelection,
+    masked_token_covariance,
+    select_tokens,
+    token_covariance,
+)
 
 __all__ = [
     "AGG_MODES",
@@ -33,4 +38,5 @@ __all__ = [
     "register_policy_loss",
     "select_tokens",
     "token_covariance",
+    "masked_token_covariance",
 ]

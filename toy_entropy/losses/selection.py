@@ -127,6 +127,26 @@ def token_covariance(
     return cov.mul_(torch.sub(advantages, advantage_mean.to(advantages.dtype), out=scratch))
 
 
+def masked_token_covariance(
+    log_probs: torch.Tensor, advantages: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """:func:`token_covariance` of one process's batch, for diagnostics outside the loss.
+
+    Args:
+        log_probs: ``(B, T)`` log-probs of the sampled tokens (used detached).
+        advantages: ``(B, T)``.
+        valid: ``(B, T)`` bool, the tokens whose means centre the covariance.
+
+    Returns:
+        ``(B, T)`` covariance in ``log_probs.dtype``, 0 at invalid positions (and everywhere
+        when no token is valid).
+    """
+    weights = valid.to(log_probs.dtype)  # (B, T)
+    n = weights.sum().clamp(min=1)
+    means = (log_probs * weights).sum() / n, (advantages * weights).sum() / n
+    return token_covariance(log_probs.detach(), advantages, *means) * weights
+
+
 def _first_ties(
     comm: Collectives, tied: torch.Tensor, budget: torch.Tensor, scratch: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
