@@ -14,8 +14,8 @@ has random weights (the time does not depend on them). On CUDA every call runs u
 ``torch.cuda.set_sync_debug_mode("error")``: the sampler makes no host read without EOS.
 
     python bench/bench_rollout.py              # cpu-small, B = 64, L = 64, 256, 512
-    python bench/bench_rollout.py --preset cpu-micro --batch 128 --threads 1
-    python bench/bench_rollout.py --device cuda --preset gpu-10m --batch 256
+    python bench/bench_rollout.py --model-size cpu-micro --batch 128 --threads 1
+    python bench/bench_rollout.py --device cuda --model-size gpu-10m --batch 256
 
 Targets (issue #12): cached <= 3x the teacher-forced forward, and >= 10x faster than the naive
 loop at 256-token responses.
@@ -87,7 +87,9 @@ def rollout_calls(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu-small", help="toy_entropy.model.PRESETS name")
+    parser.add_argument(
+        "--model-size", default="cpu-small", help="toy_entropy.model.MODEL_SIZES name"
+    )
     parser.add_argument("--batch", type=int, default=64, help="responses per rollout (B)")
     parser.add_argument("--prompt-length", type=int, default=16)
     parser.add_argument("--lengths", default="64,256,512", help="response lengths L")
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
     torch.manual_seed(0)
-    config = GPTConfig.from_preset(args.preset, block_size=args.prompt_length + max(lengths))
+    config = GPTConfig.from_size(args.model_size, block_size=args.prompt_length + max(lengths))
     model = GPT(config).to(device).eval()
 
     header = "| L | tokens | forward s | cached s | naive s | cached x forward | naive / cached |"
@@ -141,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {threads} threads"
     syncs = ", sync_debug_mode=error" if device.type == "cuda" else ""
     note = (
-        f"{datetime.date.today()}, torch {torch.__version__}, {where}{syncs}; preset "
-        f"{args.preset} ({model.num_parameters():,} parameters), B = {args.batch}, prompt "
+        f"{datetime.date.today()}, torch {torch.__version__}, {where}{syncs}; model size "
+        f"{args.model_size} ({model.num_parameters():,} parameters), B = {args.batch}, prompt "
         f"{args.prompt_length} tokens; median of {args.repeats} interleaved repeats "
         f"(naive: {args.naive_repeats})."
     )

@@ -17,8 +17,8 @@ logits tensor. With ``--sync-debug`` (CUDA) the update phase runs under
 ``torch.cuda.set_sync_debug_mode("error")``: any host sync in the loss path raises.
 
     python bench/bench_scale.py --cpu-size                     # ~1 min on a 2-core CPU
-    python bench/bench_scale.py --device cuda --preset gpu-small --sync-debug
-    python bench/bench_scale.py --device cuda --preset gpu-large --set num_prompts=64
+    python bench/bench_scale.py --device cuda --scale gpu-small --sync-debug
+    python bench/bench_scale.py --device cuda --scale gpu-large --set num_prompts=64
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def run_child(args: argparse.Namespace, overrides: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="gpu-small", help="TrainConfig.preset")
+    parser.add_argument("--scale", default="gpu-small", help="TrainConfig.scale")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--cpu-size", action="store_true", help="4 x 8 rows, 64-token answers (CPU check)"
@@ -163,9 +163,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = [f"preset={args.preset}", "warmstart_steps=0"]
+    overrides = [f"scale={args.scale}", "warmstart.steps=0"]
     if args.cpu_size:
-        num_values = TrainConfig(preset=args.preset).task_args().get("num_values", 10)
+        num_values = TrainConfig(scale=args.scale).task_args().get("num_values", 10)
         overrides += [*CPU_SIZE, f"task_kwargs=list_length=63,num_values={num_values}"]
     overrides += args.overrides
 
@@ -187,7 +187,7 @@ def main() -> None:
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     info = results["chunked"]
     print(
-        f"preset={args.preset}{' (cpu-size)' if args.cpu_size else ''} device={args.device} "
+        f"scale={args.scale}{' (cpu-size)' if args.cpu_size else ''} device={args.device} "
         f"torch={torch.__version__} V={info['vocab']} T={info['response_length']} "
         f"params={info['params'] / 1e6:.1f}M rows={info['rows']} micro={info['micro_batch_size']}"
     )

@@ -18,7 +18,7 @@ It prints median seconds and each step's ratio to ``bare``. On CUDA the probe an
 update run under ``torch.cuda.set_sync_debug_mode("error")`` (the metrics transfer outside).
 
     python bench/bench_update.py                  # cpu-small, ~16k tokens, L = 64, 256, 512
-    python bench/bench_update.py --device cuda --preset gpu-10m --tokens 65536
+    python bench/bench_update.py --device cuda --model-size gpu-10m --tokens 65536
 
 Target (issue #12): a step with Clip-Cov or KL-Cov <= 1.5x the bare forward + backward + AdamW.
 """
@@ -39,25 +39,27 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_rollout import no_host_sync, timed  # noqa: E402
 from results_file import append_results  # noqa: E402
 
+from toy_entropy.losses import PolicyLossConfig  # noqa: E402
 from toy_entropy.trainer import TrainConfig, Trainer  # noqa: E402
+from toy_entropy.warmstart import WarmStartConfig  # noqa: E402
 
 MODES = ("vanilla", "clip_cov", "kl_cov")
 GENERATIONS = 8
 
 
-def make_trainer(length: int, tokens: int, preset: str, device: torch.device) -> Trainer:
+def make_trainer(length: int, tokens: int, model_size: str, device: torch.device) -> Trainer:
     """A trainer whose rollout holds about ``tokens`` response tokens of length ``length``."""
     prompts = max(1, tokens // (length * GENERATIONS))
     config = TrainConfig(
         task="reverse",
         task_kwargs=f"list_length={length - 1},num_values=64",
-        model_preset=preset,
-        warmstart_steps=0,
+        model_size=model_size,
         num_prompts=prompts,
         num_generations=GENERATIONS,
         eval_prompts=8,
         probe_states=8,
-        clip_ratio_high=0.28,
+        warmstart=WarmStartConfig(steps=0),
+        loss=PolicyLossConfig(clip_ratio_high=0.28),
     )
     return Trainer(config, seed=0, device=device)
 
@@ -103,7 +105,9 @@ def update_calls(trainer: Trainer, batch: dict) -> dict[str, Callable[[], object
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu-small", help="toy_entropy.model.PRESETS name")
+    parser.add_argument(
+        "--model-size", default="cpu-small", help="toy_entropy.model.MODEL_SIZES name"
+    )
     parser.add_argument("--tokens", type=int, default=16384, help="response tokens per batch")
     parser.add_argument("--lengths", default="64,256,512", help="response lengths L")
     parser.add_argument("--repeats", type=int, default=5)
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     print(*lines, sep="\n", flush=True)
     for length in (int(x) for x in args.lengths.split(",")):
-        trainer = make_trainer(length, args.tokens, args.preset, device)
+        trainer = make_trainer(length, args.tokens, args.model_size, device)
         batch = trainer.rollout()
         calls = update_calls(trainer, batch)
         times: dict[str, list[float]] = {name: [] for name in calls}
@@ -141,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {threads} threads"
     syncs = ", sync_debug_mode=error" if device.type == "cuda" else ""
     note = (
-        f"{datetime.date.today()}, torch {torch.__version__}, {where}{syncs}; model preset "
-        f"{args.preset}, task reverse (prompts of ~L tokens), {GENERATIONS} responses per "
+        f"{datetime.date.today()}, torch {torch.__version__}, {where}{syncs}; model size "
+        f"{args.model_size}, task reverse (prompts of ~L tokens), {GENERATIONS} responses per "
         f"prompt, one mini-batch, no micro-batching; median of {args.repeats} interleaved "
         "repeats. A step = probe forward x2 + scoring forward + selection (cov_stats) + loss "
         "forward + backward + clip + AdamW + one metrics transfer."

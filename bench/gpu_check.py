@@ -81,7 +81,7 @@ MIB = 2**20
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
 TINY_TRAIN = [
-    "model_preset=cpu-nano",
+    "model_size=cpu-nano",
     "extra_tokens=16",
     "task_kwargs=list_length=3,num_values=5",
     "num_prompts=4",
@@ -91,7 +91,7 @@ TINY_TRAIN = [
     "eval_prompts=4",
     "eval_samples=2",
     "probe_states=4",
-    "warmstart_lr=1e-2",
+    "warmstart.learning_rate=1e-2",
 ]
 """--tiny: a preset's knobs (chunking, micro-batches, bf16, mini-batches) at toy sizes: 4 x 8
 rows, 4-token answers, a 2-layer 32-wide model, V = 32."""
@@ -322,8 +322,8 @@ def part_memory(ctx: Context) -> dict:
 
 
 def _train_overrides(ctx: Context, steps: int, extra: list[str]) -> list[str]:
-    sets = ["preset=gpu-small", *(TINY_TRAIN if ctx.tiny else [])]
-    sets += [f"total_steps={steps}", f"warmstart_steps={40 if ctx.tiny else 50}", *extra]
+    sets = ["scale=gpu-small", *(TINY_TRAIN if ctx.tiny else [])]
+    sets += [f"total_steps={steps}", f"warmstart.steps={40 if ctx.tiny else 50}", *extra]
     return [arg for item in sets for arg in ("--set", item)]
 
 
@@ -336,7 +336,7 @@ def _train(ctx: Context, name: str, extra: list[str], sync_from: int, compile_: 
     if compile_ and ctx.args.compile_backend:
         command += ["--compile-backend", ctx.args.compile_backend]
     train_args = ["--out", str(run_dir), "--device", ctx.args.device, "--quiet"]
-    train_args += _train_overrides(ctx, steps, ["loss_mode=kl_cov", *extra])
+    train_args += _train_overrides(ctx, steps, ["loss.loss_mode=kl_cov", *extra])
     try:
         run_command(ctx, [*command, "--", *train_args])
     except PartFailed:
@@ -380,7 +380,7 @@ def part_train_compile(ctx: Context) -> dict:
 
 def _scale(ctx: Context, preset: str, extra: list[str]) -> dict:
     bench = import_bench("bench_scale")
-    common = [sys.executable, str(BENCH / "bench_scale.py"), "--preset", preset]
+    common = [sys.executable, str(BENCH / "bench_scale.py"), "--scale", preset]
     common += ["--device", ctx.args.device, "--repeats", "1" if ctx.tiny else "2"]
     common += ["--threads", "1"] if not ctx.cuda else ["--threads", "0", "--sync-debug"]
     for item in [*(TINY_TRAIN if ctx.tiny else []), *extra]:
@@ -430,7 +430,7 @@ def _torchrun_train(ctx: Context, name: str, ranks: int) -> dict:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node", str(ranks), "-m", "toy_entropy.train"]
     command += ["--out", str(run_dir), "--device", ctx.args.device, "--quiet"]
-    sets = ["loss_mode=clip_cov", "clip_cov_ratio=0.02", "clip_cov_lb=0"]
+    sets = ["loss.loss_mode=clip_cov", "loss.clip_cov_ratio=0.02", "loss.clip_cov_lb=0"]
     command += _train_overrides(ctx, steps, sets)
     run_command(ctx, command)
     measured = check_run_dir(run_dir, steps)

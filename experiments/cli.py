@@ -6,7 +6,6 @@ Exit codes: 0 on success, 2 on a user error (one line on stderr naming the probl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import os
 import sys
@@ -16,7 +15,14 @@ from pathlib import Path
 import toy_entropy
 from toy_entropy import interrupts
 from toy_entropy.claims import format_claims_table
-from toy_entropy.config import ConfigError, apply_overrides, config_fields_help, config_to_dict
+from toy_entropy.config import (
+    ConfigError,
+    apply_overrides,
+    config_fields_help,
+    config_from_dict,
+    config_to_dict,
+    replace_paths,
+)
 from toy_entropy.rundir import (
     OutDir,
     RunDirError,
@@ -131,7 +137,7 @@ def _resolve_config(spec, args: argparse.Namespace):
     try:
         config = spec.config_cls()
         if args.quick:
-            config = dataclasses.replace(config, **spec.quick)
+            config = replace_paths(config, spec.quick)
         return apply_overrides(config, args.overrides)
     except (ConfigError, ValueError, TypeError) as error:
         raise UserError(str(error)) from None
@@ -177,7 +183,7 @@ def _start(spec, args: argparse.Namespace):
         stored = _read_resumable_run(spec, args)
         directory = resume_directory(args)
         try:
-            config = spec.config_cls(**_fields_from_json(spec.config_cls, stored["config"]))
+            config = config_from_dict(spec.config_cls, stored["config"])
             device = _resolve_device(str(stored.get("device", "cpu")))
         except (ValueError, TypeError) as error:
             raise UserError(f"--resume={directory}: its config.json is invalid: {error}") from None
@@ -299,20 +305,10 @@ def _run_help(parser: argparse.ArgumentParser, spec) -> int:  # the `run` sub-pa
         return 0
     print(f"{spec.name}: {spec.description}\n\n--set keys (default, then what it is):")
     quick = dict(spec.quick)
-    for key, default, text in config_fields_help(spec.config_cls):
+    for key, default, text in config_fields_help(spec.config_cls()):
         preset = f"; --quick: {quick[key]!r}" if key in quick else ""
         print(f"  {key} = {default!r}{preset}\n      {text}")
     return 0
-
-
-def _fields_from_json(config_cls: type, values: dict) -> dict:
-    """Stored config values with tuples restored where the dataclass declares them."""
-    defaults = config_cls()
-    return {
-        name: tuple(value) if isinstance(getattr(defaults, name), tuple) else value
-        for name, value in values.items()
-        if hasattr(defaults, name)
-    }
 
 
 def _list() -> int:

@@ -19,13 +19,13 @@ The claims compare the shares with the paper's numbers within +/- ``share_tolera
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from toy_entropy.claims import Claim, between, greater_than
-from toy_entropy.config import check_choice, check_positive_int, check_range
+from toy_entropy.config import check_choice, check_range
 from toy_entropy.curve_stats import finite_mean, fraction_positive, share_of_change
 from toy_entropy.entropy import predicted_entropy_change
 from toy_entropy.experiments.bandit_collapse import (
@@ -54,24 +54,20 @@ PAPER_SHARES = {
 FRACTION_NAMES = {1 / 12: "1_12", 1 / 3: "1_3"}
 
 
+def collapse_budget() -> TrainConfig:
+    """Each task's GRPO run: PPO loss, one update per rollout, no entropy intervention, 360 steps
+    of 32 x 8 responses at learning rate 1e-3 (3e-3 destabilises sort)."""
+    return TrainConfig(total_steps=360, num_prompts=32, learning_rate=1e-3, eval_every=40)
+
+
 @dataclass
 class CollapseConfig:
+    train: TrainConfig = field(default_factory=collapse_budget)
+    """every task's run; its task is replaced by each of ``tasks``"""
     tasks: tuple[str, ...] = ("reverse", "sort", "hard_prompt")
     """sequence tasks (at least two), each trained with GRPO and no entropy intervention"""
     num_seeds: int = 4
     """seeds per task"""
-    total_steps: int = 360
-    """RL steps per run"""
-    num_prompts: int = 32
-    """P, prompts per rollout"""
-    num_generations: int = 8
-    """G, responses per prompt"""
-    learning_rate: float = 1e-3
-    """AdamW learning rate (3e-3 destabilises sort)"""
-    model_preset: str = "cpu-nano"
-    """transformer size"""
-    eval_every: int = 40
-    """held-out evaluation every this many steps"""
     smoothing: int = 5
     """points averaged around the 1/12 and 1/3 marks and at the end (odd)"""
     share_tolerance: float = 0.15
@@ -95,11 +91,7 @@ class CollapseConfig:
         for task in self.tasks:
             check_choice("tasks", task, sorted(TASKS))
         check_range("num_seeds", self.num_seeds, 2)
-        check_range("total_steps", self.total_steps, 12)
-        check_positive_int("num_prompts", self.num_prompts)
-        check_range("num_generations", self.num_generations, 2)
-        check_range("learning_rate", self.learning_rate, 0, low_inclusive=False)
-        check_positive_int("eval_every", self.eval_every)
+        check_range("train.total_steps", self.train.total_steps, 12)
         if self.smoothing < 1 or self.smoothing % 2 == 0:
             raise ValueError(f"smoothing={self.smoothing!r} is invalid: expected an odd int >= 1")
         check_range("share_tolerance", self.share_tolerance, 0, 1)
@@ -110,16 +102,8 @@ class CollapseConfig:
 
 
 def train_config(config: CollapseConfig, task: str) -> TrainConfig:
-    """The GRPO run of one task: PPO loss, one update per rollout, no entropy intervention."""
-    return TrainConfig(
-        task=task,
-        model_preset=config.model_preset,
-        total_steps=config.total_steps,
-        num_prompts=config.num_prompts,
-        num_generations=config.num_generations,
-        learning_rate=config.learning_rate,
-        eval_every=config.eval_every,
-    )
+    """The GRPO run of one task."""
+    return replace(config.train, task=task)
 
 
 def share_summary(curves: list[np.ndarray], smoothing: int) -> dict[str, dict[str, float]]:
@@ -142,9 +126,9 @@ def share_summary(curves: list[np.ndarray], smoothing: int) -> dict[str, dict[st
     quick={
         "tasks": ("reverse", "sort"),
         "num_seeds": 3,
-        "total_steps": 120,
-        "num_prompts": 16,
-        "eval_every": 30,
+        "train.total_steps": 120,
+        "train.num_prompts": 16,
+        "train.eval_every": 30,
         "bandit_priors": ("best-likely",),
         "bandit_steps": 150,
         "bandit_seeds": 4,
@@ -190,7 +174,7 @@ def _sequence_summary(group, config: CollapseConfig) -> dict:
     }
     return {
         "kind": "sequence",
-        "steps": config.total_steps,
+        "steps": config.train.total_steps,
         "seeds": len(group),
         "initial_entropy": float(np.mean([e[0] for e in entropy])),
         "final_entropy": float(np.mean([e[-config.smoothing :].mean() for e in entropy])),

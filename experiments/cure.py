@@ -21,15 +21,15 @@ not scored against the paper.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from toy_entropy.claims import Claim, between, greater_than, less_than
-from toy_entropy.config import ConfigError, check_choice, check_positive_int, check_range
+from toy_entropy.config import ConfigError, check_choice, check_range, replace_paths
 from toy_entropy.curve_stats import confidence_interval, finite_mean, rank_correlation
-from toy_entropy.experiments.methods import CLIP_COV_PPO, method_stats, methods_claims
+from toy_entropy.experiments.methods import loss_changes, method_stats, methods_claims
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
     RunResult,
@@ -45,6 +45,7 @@ from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.rollout import Rollout
 from toy_entropy.scale_presets import parse_task_kwargs
 from toy_entropy.trainer import TrainConfig
+from toy_entropy.warmstart import WarmStartConfig
 
 __all__ = ["CURE_METHODS", "CureConfig", "cure_train_config", "roughness"]
 
@@ -59,7 +60,7 @@ CURE_METHODS: dict[str, dict] = {
     "kl-cov-2e-3-b5": {"loss_mode": "kl_cov", "kl_cov_ratio": 2e-3, "ppo_kl_coef": 5.0},
     **{f"entropy-{a}": {"entropy_coeff": float(a)} for a in ("1e-4", "1e-3", "5e-3", "1e-2")},
 }
-"""Method name -> TrainConfig fields it changes; the paper's settings are clip-cov-2e-4 and
+"""Method name -> PolicyLossConfig fields it changes; the paper's settings are clip-cov-2e-4 and
 kl-cov-2e-3, the others vary r, k and beta for the monotonicity claims; the entropy bonuses
 (not run by default) re-test the knife-edge in this regime."""
 
@@ -78,24 +79,37 @@ SMOKE_BANNER = (
 )
 
 
+def cure_budget() -> TrainConfig:
+    """Every method's run at the paper's settings on the ``fork`` task: GRPO advantages with the
+    all-equal group filter, 8 optimiser steps per rollout, temperature 1, token-mean, AdamW
+    1e-3; 60 steps of 64 x 8 responses (CPU). The warm start adds no noise of its own (the
+    fork task's demonstrations carry it, see the fork fields of :class:`CureConfig`)."""
+    return TrainConfig(
+        task="fork",
+        warmstart=WarmStartConfig(steps=1000, noise=0.0),
+        total_steps=60,
+        num_prompts=64,
+        num_mini_batches=8,
+        filter_groups=True,
+        learning_rate=1e-3,
+        eval_every=10,
+        eval_prompts=128,
+        probe_states=8,
+        histogram_every=0,
+    )
+
+
 @dataclass
 class CureConfig:
+    train: TrainConfig = field(default_factory=cure_budget)
+    """the shared budget; each method changes its loss fields (CURE_METHODS), and the fork
+    fields below set its task_kwargs and extra_tokens"""
     methods: tuple[str, ...] = DEFAULT_METHODS
     """methods to compare (names of CURE_METHODS; entropy-1e-4 .. entropy-1e-2 on request)"""
     num_seeds: int = 3
     """seeds per method"""
-    total_steps: int = 60
-    """RL steps per run"""
-    num_prompts: int = 0
-    """P, prompts per rollout; 0: 256 on CUDA (the paper's batch), 64 on the CPU"""
-    num_generations: int = 8
-    """G, responses per prompt"""
-    num_mini_batches: int = 8
-    """optimiser steps per rollout (the paper: 8)"""
-    learning_rate: float = 1e-3
-    """AdamW learning rate"""
-    model_preset: str = "cpu-nano"
-    """transformer size"""
+    cuda_num_prompts: int = 256
+    """P, prompts per rollout on CUDA (the paper's batch); 0: train.num_prompts, as on the CPU"""
     num_forks: int = 4
     """forks per answer"""
     segment_length: int = 15
@@ -114,17 +128,9 @@ class CureConfig:
     """warm start: share of hard prompts shown the common (wrong) first fork"""
     hard_fraction: float = 0.3
     """share of hard prompts"""
-    warmstart_steps: int = 1000
-    """supervised warm-start steps"""
     shared_warm_start: bool = True
     """every run starts from the warm start of the base seed (seeds vary the RL only, as the
     paper's runs share a base model); False: one warm start per seed"""
-    eval_every: int = 10
-    """held-out evaluation every this many steps"""
-    eval_prompts: int = 128
-    """held-out prompts per evaluation"""
-    probe_states: int = 8
-    """responses whose positions are the identity probe states"""
     workers: int = 0
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
     smoke_test: bool = False
@@ -136,11 +142,9 @@ class CureConfig:
         for name in self.methods:
             check_choice("methods", name, list(CURE_METHODS))
         check_range("num_seeds", self.num_seeds, 1)
-        check_range("num_prompts", self.num_prompts, 0)
-        for name in ("total_steps", "eval_every", "eval_prompts", "probe_states"):
-            check_positive_int(name, getattr(self, name))
+        check_range("cuda_num_prompts", self.cuda_num_prompts, 0)
         check_range("workers", self.workers, 0)
-        cure_train_config(self, self.methods[0], max(self.num_prompts, 8))  # a valid TrainConfig
+        cure_train_config(self, self.methods[0], self.train.num_prompts)  # a valid TrainConfig
 
 
 def _task_kwargs(config: CureConfig) -> str:
@@ -152,8 +156,9 @@ def _task_kwargs(config: CureConfig) -> str:
 def cure_train_config(
     config: CureConfig, method: str, num_prompts: int, warmstart_seed: int = -1
 ) -> TrainConfig:
-    """The TrainConfig of ``method`` under the shared budget of ``config`` (``warmstart_seed``:
-    as the TrainConfig field)."""
+    """The TrainConfig of ``method``: the shared budget with the fork task of ``config``, the
+    method's loss fields, ``num_prompts`` prompts per rollout and the warm start of
+    ``warmstart_seed`` (-1: the run's seed)."""
     from toy_entropy.envs.sequence import make_task
 
     task_kwargs = _task_kwargs(config)
@@ -164,31 +169,17 @@ def cure_train_config(
     except (TypeError, ValueError) as error:
         raise ConfigError("fork task", task_kwargs, str(error)) from None
     check_range("vocab_size", config.vocab_size, base_vocab)
-    base = TrainConfig(
-        task="fork",
-        task_kwargs=task_kwargs,
-        extra_tokens=config.vocab_size - base_vocab,
-        model_preset=config.model_preset,
-        warmstart_steps=config.warmstart_steps,
-        warmstart_seed=warmstart_seed,
-        warmstart_noise=0.0,  # the task's own demonstrations carry the noise
-        total_steps=config.total_steps,
-        num_prompts=num_prompts,
-        num_generations=config.num_generations,
-        num_mini_batches=config.num_mini_batches,
-        filter_groups=True,
-        learning_rate=config.learning_rate,
-        temperature=1.0,
-        loss_agg_mode="token-mean",
-        eval_every=config.eval_every,
-        eval_prompts=config.eval_prompts,
-        probe_states=config.probe_states,
-        histogram_every=0,
+    return replace_paths(
+        config.train,
+        {
+            "task": "fork",
+            "task_kwargs": task_kwargs,
+            "extra_tokens": config.vocab_size - base_vocab,
+            "num_prompts": num_prompts,
+            "warmstart.seed": warmstart_seed,
+            **loss_changes(CURE_METHODS[method]),
+        },
     )
-    changes = dict(CURE_METHODS[method])
-    if changes.get("loss_mode") == "clip_cov":
-        changes = {**CLIP_COV_PPO, **changes}
-    return replace(base, **changes)
 
 
 def covariance_anatomy(trainer, rollout: Rollout) -> dict[str, float]:
@@ -280,9 +271,9 @@ def _methods_table(stats: dict[str, dict], k: int) -> dict:
 
 
 def _resolve_prompts(config: CureConfig, device_type: str) -> int:
-    if config.num_prompts:
-        return config.num_prompts
-    return 256 if device_type == "cuda" else 64
+    if device_type == "cuda" and config.cuda_num_prompts:
+        return config.cuda_num_prompts
+    return config.train.num_prompts
 
 
 @experiment(
@@ -292,10 +283,11 @@ def _resolve_prompts(config: CureConfig, device_type: str) -> int:
     CureConfig,
     quick={
         "methods": ("grpo", "clip-higher", PAPER_CLIP_COV, PAPER_KL_COV),
-        "total_steps": 20,
-        "num_prompts": 16,
-        "eval_every": 10,
-        "eval_prompts": 64,
+        "train.total_steps": 20,
+        "train.num_prompts": 16,
+        "cuda_num_prompts": 0,
+        "train.eval_every": 10,
+        "train.eval_prompts": 64,
         "smoke_test": True,
     },
 )
@@ -349,9 +341,9 @@ def run(config: CureConfig, context: RunContext) -> ExperimentResult:
             "vocab_size": config.vocab_size,
         },  # fmt: skip
         "budget": {
-            "steps": config.total_steps,
-            "responses_per_step": num_prompts * config.num_generations,
-            "updates_per_step": config.num_mini_batches,
+            "steps": config.train.total_steps,
+            "responses_per_step": num_prompts * config.train.num_generations,
+            "updates_per_step": config.train.num_mini_batches,
             "seeds": config.num_seeds,
         },
         "table1": {"paper": PAPER_TABLE1, "measured": measured},
@@ -442,10 +434,10 @@ def cure_claims(stats: dict, table1: dict, smoke_test: bool, k: int) -> list[Cla
                     0.0,
                 )
             )
-    for family, field in (("clip-cov", "clip_cov_ratio"), ("kl-cov", "kl_cov_ratio")):
+    for family, ratio_field in (("clip-cov", "clip_cov_ratio"), ("kl-cov", "kl_cov_ratio")):
         members = [m for m in stats if m.startswith(family) and not m.endswith("-b5")]
         if len(members) > 1:
-            settings = [CURE_METHODS[m][field] for m in members]
+            settings = [CURE_METHODS[m][ratio_field] for m in members]
             claims.append(
                 greater_than(
                     f"cure.{family.replace('-', '_')}.entropy_increases_with_"

@@ -20,15 +20,15 @@ step's updates and logs ``control/<knob>`` and ``control/error``. It keeps no st
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from toy_entropy.claims import Claim, less_than
-from toy_entropy.config import check_choice, check_positive_int, check_range
+from toy_entropy.config import check_choice, check_range, replace_paths
 from toy_entropy.curve_stats import rank_correlation
 from toy_entropy.entropy import masked_response_mean
-from toy_entropy.experiments.methods import CLIP_COV_PPO
+from toy_entropy.experiments.methods import loss_changes, methods_budget
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import RunSpec, group_by_variant, log_seed_bands, run_sweep
 from toy_entropy.experiments.table1 import report_table1
@@ -91,8 +91,8 @@ def tracking_error(entropy: np.ndarray, target: float, settle: float = 0.5) -> f
 
 @dataclass
 class EntropyTargetsConfig:
-    task: str = "countdown"
-    """sequence task"""
+    train: TrainConfig = field(default_factory=methods_budget)
+    """the budget of every run (that of ``methods``); the controlled runs change its loss"""
     targets: tuple[float, ...] = (0.3, 0.45, 0.6, 0.8)
     """entropy targets H* (nats)"""
     knob: str = "kl_cov_ratio"
@@ -100,36 +100,17 @@ class EntropyTargetsConfig:
     initial_ratio: float = 2e-2
     """the knob's starting value"""
     ppo_kl_coef: float = 5.0
-    """KL-Cov's beta"""
+    """KL-Cov's beta in the controlled runs"""
     gain: float = 0.5
     """controller gain"""
     num_seeds: int = 3
     """seeds per target (and for the uncontrolled GRPO reference)"""
-    total_steps: int = 150
-    """RL steps per run"""
-    num_prompts: int = 32
-    """P, prompts per rollout"""
-    num_mini_batches: int = 4
-    """optimiser steps per rollout (KL-Cov acts from the second)"""
-    learning_rate: float = 1e-3
-    """AdamW learning rate"""
-    warmstart_steps: int = 1500
-    """supervised warm-start steps"""
-    warmstart_noise: float = 0.4
-    """share of corrupted warm-start demonstrations"""
-    eval_every: int = 25
-    """held-out evaluation every this many steps"""
-    eval_prompts: int = 128
-    """held-out prompts per evaluation"""
     tracking_bound: float = 0.25
     """a target is held when the relative tracking error of the second half is below this"""
     workers: int = 0
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
-        from toy_entropy.envs.sequence import TASKS
-
-        check_choice("task", self.task, sorted(TASKS))
         if not self.targets:
             raise ValueError("targets=() is invalid: expected at least one entropy target")
         for target in self.targets:
@@ -137,30 +118,17 @@ class EntropyTargetsConfig:
         check_choice("knob", self.knob, list(KNOBS))
         check_range("initial_ratio", self.initial_ratio, 0, 1, low_inclusive=False)
         check_range("num_seeds", self.num_seeds, 2)
-        for name in ("total_steps", "num_prompts", "eval_every", "eval_prompts"):
-            check_positive_int(name, getattr(self, name))
+        check_range("ppo_kl_coef", self.ppo_kl_coef, 0)
         check_range("workers", self.workers, 0)
+        _configs(self)  # the controlled runs' loss must be valid
 
 
 def _configs(config: EntropyTargetsConfig) -> tuple[TrainConfig, TrainConfig]:
     """The uncontrolled GRPO reference and the controlled run's starting config."""
-    grpo = TrainConfig(
-        task=config.task,
-        warmstart_steps=config.warmstart_steps,
-        warmstart_noise=config.warmstart_noise,
-        total_steps=config.total_steps,
-        num_prompts=config.num_prompts,
-        num_mini_batches=config.num_mini_batches,
-        learning_rate=config.learning_rate,
-        eval_every=config.eval_every,
-        eval_prompts=config.eval_prompts,
-    )
     changes = {"loss_mode": KNOBS[config.knob], config.knob: config.initial_ratio}
     if config.knob == "kl_cov_ratio":
         changes["ppo_kl_coef"] = config.ppo_kl_coef
-    else:
-        changes.update(CLIP_COV_PPO)
-    return grpo, replace(grpo, **changes)
+    return config.train, replace_paths(config.train, loss_changes(changes))
 
 
 @experiment(
@@ -168,8 +136,9 @@ def _configs(config: EntropyTargetsConfig) -> tuple[TrainConfig, TrainConfig]:
     "beyond the paper: an online controller of KL-Cov's k holds a target entropy; a sweep of "
     "targets against held-out accuracy",
     EntropyTargetsConfig,
-    quick={"targets": (0.6, 0.9), "num_seeds": 2, "total_steps": 40, "num_prompts": 16,
-           "num_mini_batches": 2, "eval_every": 20, "eval_prompts": 64},
+    quick={"targets": (0.6, 0.9), "num_seeds": 2, "train.total_steps": 40,
+           "train.num_prompts": 16, "train.num_mini_batches": 2, "train.eval_every": 20,
+           "train.eval_prompts": 64},
 )  # fmt: skip
 def run(config: EntropyTargetsConfig, context: RunContext) -> ExperimentResult:
     grpo, controlled = _configs(config)

@@ -30,7 +30,7 @@ Two policies:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -59,6 +59,12 @@ PREDICTORS = {
 ACTUAL = "identity/actual_dH"
 
 
+def identity_budget() -> TrainConfig:
+    """Each transformer run: 150 steps of 32 x 8 responses, one optimiser step each, AdamW
+    1e-3, one held-out evaluation at the end."""
+    return TrainConfig(total_steps=150, num_prompts=32, learning_rate=1e-3, eval_every=150)
+
+
 @dataclass
 class IdentityConfig:
     prefix_prompts: int = 16
@@ -79,23 +85,19 @@ class IdentityConfig:
     """optimiser steps of each prefix run"""
     prefix_seeds: int = 4
     """prefix runs (seeds)"""
+    train: TrainConfig = field(default_factory=identity_budget)
+    """each transformer run; its task is replaced by each of ``tasks``"""
     tasks: tuple[str, ...] = ("reverse", "sort")
     """sequence tasks of the transformer runs (empty: prefix policy only)"""
     num_seeds: int = 3
     """transformer runs per task"""
-    total_steps: int = 150
-    """RL steps of each transformer run (one optimiser step each)"""
-    num_prompts: int = 32
-    """P of the transformer runs"""
-    learning_rate: float = 1e-3
-    """AdamW learning rate of the transformer runs"""
     workers: int = 0
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
         from toy_entropy.envs.sequence import TASKS
 
-        for name in ("prefix_prompts", "prefix_steps", "num_seeds", "total_steps", "num_prompts"):
+        for name in ("prefix_prompts", "prefix_steps", "num_seeds"):
             check_positive_int(name, getattr(self, name))
         check_range("prefix_vocab", self.prefix_vocab, 2)
         check_range("prefix_length", self.prefix_length, 1)
@@ -194,7 +196,7 @@ def _agreements(rows_by_run: list[list[dict]]) -> dict[str, dict[str, float]]:
     "token covariances; the share of the state-distribution shift (exact prefix policy)",
     IdentityConfig,
     quick={"prefix_steps": 150, "prefix_seeds": 3, "tasks": ("reverse",), "num_seeds": 2,
-           "total_steps": 50, "num_prompts": 16},
+           "train.total_steps": 50, "train.num_prompts": 16, "train.eval_every": 50},
 )  # fmt: skip
 def run(config: IdentityConfig, context: RunContext) -> ExperimentResult:
     prefix_rows = []
@@ -209,13 +211,7 @@ def run(config: IdentityConfig, context: RunContext) -> ExperimentResult:
         RunSpec(
             f"transformer-{task}",
             context.seed + i,
-            TrainConfig(
-                task=task,
-                total_steps=config.total_steps,
-                num_prompts=config.num_prompts,
-                learning_rate=config.learning_rate,
-                eval_every=config.total_steps,
-            ),
+            replace(config.train, task=task),
             hooks=(granularity_covariances,),
         )
         for task in config.tasks

@@ -17,15 +17,15 @@ is reported as ``reward_noise``) and the error at the final step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from toy_entropy.advantages import ADVANTAGE_ESTIMATORS
 from toy_entropy.claims import Claim, greater_than, less_than
-from toy_entropy.config import check_choice, check_positive_int, check_range
+from toy_entropy.config import check_choice, check_range, replace_paths
 from toy_entropy.curve_stats import moving_average
-from toy_entropy.experiments.methods import CLIP_COV_PPO
+from toy_entropy.experiments.methods import loss_changes
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
     RunResult,
@@ -36,89 +36,77 @@ from toy_entropy.experiments.sweeps import (
 )
 from toy_entropy.experiments.table1 import report_table1
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
-from toy_entropy.model import PRESETS
+from toy_entropy.model import MODEL_SIZES
 from toy_entropy.report import SubRun, figure_law, markdown_table
 from toy_entropy.trainer import TrainConfig
 
 __all__ = ["LawConfig", "INTERVENTIONS", "run_law", "spread_z"]
 
 INTERVENTIONS: dict[str, dict] = {
-    "clip-cov": {"loss_mode": "clip_cov", "clip_cov_ratio": 5e-2, **CLIP_COV_PPO},
+    "clip-cov": {"loss_mode": "clip_cov", "clip_cov_ratio": 5e-2},
     "kl-cov": {"loss_mode": "kl_cov", "kl_cov_ratio": 5e-2, "ppo_kl_coef": 5.0},
     "entropy-bonus": {"entropy_coeff": 5e-2},
 }
-"""Entropy interventions under which the law is tested (TrainConfig fields)."""
+"""Entropy interventions under which the law is tested (PolicyLossConfig fields; Clip-Cov at
+the paper's eps = 1, see :func:`toy_entropy.experiments.methods.loss_changes`)."""
+
+
+def law_budget() -> TrainConfig:
+    """Every variant's run: reverse, 200 steps of 32 x 8 responses, 2 updates per rollout
+    (KL-Cov acts from the second), AdamW 1e-3."""
+    return TrainConfig(
+        task="reverse", total_steps=200, num_prompts=32, num_mini_batches=2, learning_rate=1e-3,
+        eval_every=50,
+    )  # fmt: skip
 
 
 @dataclass
 class LawConfig:
-    task: str = "reverse"
-    """sequence task"""
+    train: TrainConfig = field(default_factory=law_budget)
+    """every variant's run; the variants change its advantage estimator, model size or loss"""
     estimators: tuple[str, ...] = ("grpo", "rloo", "reinforce")
     """advantage estimators compared on the smallest model"""
-    model_presets: tuple[str, ...] = ("cpu-nano", "cpu-micro", "cpu-small")
+    model_sizes: tuple[str, ...] = ("cpu-nano", "cpu-micro", "cpu-small")
     """model sizes (GRPO), smallest first"""
     interventions: tuple[str, ...] = ("clip-cov", "kl-cov", "entropy-bonus")
     """runs with entropy intervention (INTERVENTIONS), smallest model, GRPO advantages"""
     num_seeds: int = 3
     """seeds per variant"""
-    total_steps: int = 200
-    """RL steps per run"""
-    num_prompts: int = 32
-    """P, prompts per rollout"""
-    num_mini_batches: int = 2
-    """optimiser steps per rollout (KL-Cov acts from the second)"""
-    learning_rate: float = 1e-3
-    """AdamW learning rate"""
     fit_fraction: float = 0.15
     """share of the steps the early fit sees"""
     smoothing: int = 9
     """window of the smoothed rewards the extrapolation is also scored against (odd)"""
     rmse_bound: float = 0.05
     """the law 'predicts the rest' when the smoothed extrapolation RMSE is below this"""
-    eval_every: int = 50
-    """held-out evaluation every this many steps"""
     workers: int = 0
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
-        from toy_entropy.envs.sequence import TASKS
-
-        check_choice("task", self.task, sorted(TASKS))
-        if not self.estimators or not self.model_presets:
-            raise ValueError("estimators and model_presets must each name at least one entry")
+        if not self.estimators or not self.model_sizes:
+            raise ValueError("estimators and model_sizes must each name at least one entry")
         for name in self.estimators:
             check_choice("estimators", name, ADVANTAGE_ESTIMATORS)
-        for name in self.model_presets:
-            check_choice("model_presets", name, sorted(PRESETS))
+        for name in self.model_sizes:
+            check_choice("model_sizes", name, sorted(MODEL_SIZES))
         for name in self.interventions:
             check_choice("interventions", name, list(INTERVENTIONS))
         check_range("num_seeds", self.num_seeds, 2)
-        check_range("total_steps", self.total_steps, 20)
-        check_positive_int("num_prompts", self.num_prompts)
+        check_range("train.total_steps", self.train.total_steps, 20)
         check_range("fit_fraction", self.fit_fraction, 0, 1, low_inclusive=False)
         if self.smoothing < 1 or self.smoothing % 2 == 0:
             raise ValueError(f"smoothing={self.smoothing!r} is invalid: expected an odd int >= 1")
-        check_positive_int("eval_every", self.eval_every)
         check_range("workers", self.workers, 0)
 
 
 def variants(config: LawConfig) -> dict[str, TrainConfig]:
-    """Variant name -> TrainConfig: ``<estimator>`` and ``grpo-<preset>`` and the interventions."""
-    base = TrainConfig(
-        task=config.task,
-        model_preset=config.model_presets[0],
-        total_steps=config.total_steps,
-        num_prompts=config.num_prompts,
-        num_mini_batches=config.num_mini_batches,
-        learning_rate=config.learning_rate,
-        eval_every=config.eval_every,
-    )
+    """Variant name -> TrainConfig: ``<estimator>``, ``grpo-<model size>`` and the
+    interventions; all but the larger models run the smallest model."""
+    base = replace(config.train, model_size=config.model_sizes[0])
     out = {name: replace(base, advantage_estimator=name) for name in config.estimators}
-    for preset in config.model_presets[1:]:
-        out[f"grpo-{preset}"] = replace(base, model_preset=preset)
+    for size in config.model_sizes[1:]:
+        out[f"grpo-{size}"] = replace(base, model_size=size)
     for name in config.interventions:
-        out[name] = replace(base, **INTERVENTIONS[name])
+        out[name] = replace_paths(base, loss_changes(INTERVENTIONS[name]))
     return out
 
 
@@ -167,8 +155,8 @@ def _loglinear(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     "R = -a exp(H) + b: fit per run, predict from the first 15%, compare a and b across "
     "estimators and model sizes, show where it fails (entropy interventions)",
     LawConfig,
-    quick={"num_seeds": 2, "total_steps": 60, "num_prompts": 16, "eval_every": 30,
-           "interventions": ("kl-cov",)},
+    quick={"num_seeds": 2, "train.total_steps": 60, "train.num_prompts": 16,
+           "train.eval_every": 30, "interventions": ("kl-cov",)},
 )  # fmt: skip
 def run(config: LawConfig, context: RunContext) -> ExperimentResult:
     configs = variants(config)
@@ -190,8 +178,8 @@ def run(config: LawConfig, context: RunContext) -> ExperimentResult:
         summary["num_parameters"] = group[0].num_parameters
         per_variant[name] = summary
     estimators = {n: per_variant[n] for n in config.estimators}
-    sizes = {config.model_presets[0]: per_variant[config.estimators[0]]} | {
-        p: per_variant[f"grpo-{p}"] for p in config.model_presets[1:]
+    sizes = {config.model_sizes[0]: per_variant[config.estimators[0]]} | {
+        p: per_variant[f"grpo-{p}"] for p in config.model_sizes[1:]
     }
     across_estimators = {
         coef: spread_z(
@@ -266,12 +254,12 @@ def _claims(config: LawConfig, per_variant, across_estimators, across_sizes) -> 
                 )
             )
     for coef, fit in across_sizes.items():
-        if len(config.model_presets) >= 3:
+        if len(config.model_sizes) >= 3:
             claims.append(
                 greater_than(
                     f"law.{coef}_loglinear_in_model_size",
                     f"{coef} is log-linear in the parameter count over "
-                    f"{len(config.model_presets)} sizes (R^2 of {coef} on log10 parameters)",
+                    f"{len(config.model_sizes)} sizes (R^2 of {coef} on log10 parameters)",
                     fit["r2"],
                     0.9,
                 )

@@ -26,12 +26,12 @@ nothing else changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from toy_entropy.claims import Claim, greater_than, less_than
-from toy_entropy.config import config_to_dict
+from toy_entropy.config import flat_config
 from toy_entropy.experiments.methods import MethodsConfig, method_config
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
@@ -52,6 +52,7 @@ from toy_entropy.report import (
     figure_law,
 )
 from toy_entropy.tb_layout import band_tags
+from toy_entropy.trainer import TrainConfig
 
 __all__ = ["CURE_SETTINGS", "LessonConfig", "lesson_layout", "varying_fields"]
 
@@ -72,32 +73,29 @@ IMAGE_PREFIX = "0_lesson"
 name, so the lesson's figures come first."""
 
 
+def lesson_budget() -> TrainConfig:
+    """The lesson's budget: 40 steps of 16 x 8 responses, 2 updates per rollout (KL-Cov acts
+    from the second), the warm start of ``sanity`` (cached)."""
+    return TrainConfig(
+        task=CURE_SETTINGS["task"],
+        total_steps=40,
+        num_prompts=16,
+        num_mini_batches=2,
+        eval_every=10,
+        eval_prompts=64,
+    )
+
+
 @dataclass
 class LessonConfig(MethodsConfig):
     """The methods comparison at a lesson's budget (two minutes on two CPU cores)."""
 
-    task: str = CURE_SETTINGS["task"]
-    """sequence task"""
+    train: TrainConfig = field(default_factory=lesson_budget)
+    """the shared budget (see :func:`lesson_budget`); every method runs it with its own loss"""
     methods: tuple[str, ...] = CURE_SETTINGS["methods"]
     """methods to compare; the first must be grpo (the collapse, the law and the identity)"""
     num_seeds: int = 3
     """seeds per method (the bands)"""
-    total_steps: int = 40
-    """RL steps per run"""
-    num_prompts: int = 16
-    """P, prompts per rollout"""
-    num_mini_batches: int = 2
-    """optimiser steps per rollout (KL-Cov acts from the second one)"""
-    learning_rate: float = 3e-3
-    """AdamW learning rate"""
-    warmstart_steps: int = 300
-    """supervised warm-start steps (shared with sanity, cached)"""
-    warmstart_noise: float = 0.6
-    """share of corrupted warm-start demonstrations"""
-    eval_every: int = 10
-    """held-out evaluation every this many steps"""
-    eval_prompts: int = 64
-    """held-out prompts per evaluation"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,7 +127,8 @@ def lesson_layout(band_keys: tuple[str, ...]) -> dict:
 
 
 def varying_fields(configs: dict[str, dict]) -> list[str]:
-    """The config fields whose values differ between the ``{name: config dict}`` given."""
+    """The config fields whose values differ between the ``{name: flat config}`` given
+    (:func:`toy_entropy.config.flat_config`)."""
     first = next(iter(configs.values()))
     return [key for key in first if any(c.get(key) != first[key] for c in configs.values())]
 
@@ -139,7 +138,7 @@ def varying_fields(configs: dict[str, dict]) -> list[str]:
     "the four ideas in one run and one TensorBoard view: collapse, law, identity, "
     "Clip-Cov / KL-Cov (about 2 minutes on 2 CPU cores)",
     LessonConfig,
-    quick={"num_seeds": 2, "total_steps": 20, "eval_every": 10},
+    quick={"num_seeds": 2, "train.total_steps": 20, "train.eval_every": 10},
 )
 def run(config: LessonConfig, context: RunContext) -> ExperimentResult:
     specs = [
@@ -238,14 +237,14 @@ def _log_hparams(
 ) -> None:
     """One HPARAMS row per method (its seeds-mean run, which names it): the config fields that
     differ between the methods, and the final entropy, reward and accuracy, means over seeds."""
-    configs = {m: config_to_dict(method_config(config, m)) for m in groups}
-    fields = varying_fields(configs)
+    configs = {m: flat_config(method_config(config, m)) for m in groups}
+    varying = varying_fields(configs)
     for method, group in groups.items():
         finals = {
             key: float(np.mean([r.column(key)[-1] for r in group])) for key in ("entropy", "reward")
         }
         finals[accuracy] = float(np.mean([r.eval_curve(accuracy)[1][-1] for r in group]))
-        hparams = {field: configs[method][field] for field in fields}
+        hparams = {name: configs[method][name] for name in varying}
         context.writer(f"{method}/seeds-mean").add_hparams(hparams, finals)
 
 
@@ -263,11 +262,11 @@ def _headline(
         for method, group in groups.items()
     }
     return {
-        "task": config.task,
+        "task": config.train.task,
         "budget": {
-            "steps": config.total_steps,
-            "responses_per_step": config.num_prompts * config.num_generations,
-            "updates_per_step": config.num_mini_batches,
+            "steps": config.train.total_steps,
+            "responses_per_step": config.train.num_prompts * config.train.num_generations,
+            "updates_per_step": config.train.num_mini_batches,
             "seeds": config.num_seeds,
         },
         "grpo": {

@@ -25,12 +25,13 @@ The claims test the paper's qualitative statements (docs/THEORY.md section 7, it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from toy_entropy.claims import Claim, between, greater_than, less_than
-from toy_entropy.config import check_choice, check_positive_int, check_range
+from toy_entropy.config import check_choice, check_range, replace_paths
 from toy_entropy.curve_stats import finite_mean, rank_correlation
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
@@ -43,8 +44,17 @@ from toy_entropy.experiments.sweeps import (
 from toy_entropy.experiments.table1 import report_table1
 from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.trainer import TrainConfig
+from toy_entropy.warmstart import WarmStartConfig
 
-__all__ = ["METHODS", "MethodsConfig", "method_config", "method_stats", "methods_claims"]
+__all__ = [
+    "METHODS",
+    "MethodsConfig",
+    "loss_changes",
+    "method_config",
+    "method_stats",
+    "methods_budget",
+    "methods_claims",
+]
 
 METHODS: dict[str, dict] = {
     "grpo": {},
@@ -64,77 +74,59 @@ METHODS: dict[str, dict] = {
     "kl-cov-5e-2": {"loss_mode": "kl_cov", "kl_cov_ratio": 5e-2},
     "kl-cov-1e-2-b5": {"loss_mode": "kl_cov", "kl_cov_ratio": 1e-2, "ppo_kl_coef": 5.0},
 }
-"""Method name -> TrainConfig fields it changes (everything else is the shared budget)."""
+"""Method name -> PolicyLossConfig fields it changes (everything else is the shared budget)."""
 
 CLIP_COV_PPO = {"clip_ratio_low": 1.0, "clip_ratio_high": 1.0}
 """The paper's Clip-Cov runs use eps = 1: PPO's clip only filters extreme ratios."""
 
 
+def methods_budget() -> TrainConfig:
+    """The shared budget of ``methods``: countdown, where accuracy is far from saturated after
+    the warm start, 150 steps of 32 x 8 responses, 4 updates per rollout (the paper: 8)."""
+    return TrainConfig(
+        task="countdown",
+        warmstart=WarmStartConfig(steps=1500, noise=0.4),
+        total_steps=150,
+        num_prompts=32,
+        num_mini_batches=4,
+        learning_rate=1e-3,
+        eval_every=25,
+        eval_prompts=128,
+    )
+
+
 @dataclass
 class MethodsConfig:
-    task: str = "countdown"
-    """sequence task (countdown: many answers, accuracy far from saturated after warm start)"""
+    train: TrainConfig = field(default_factory=methods_budget)
+    """the shared budget: every method runs it with its own loss fields (METHODS)"""
     methods: tuple[str, ...] = tuple(METHODS)
     """methods to compare (names of METHODS)"""
     num_seeds: int = 3
     """seeds per method"""
-    total_steps: int = 150
-    """RL steps per run"""
-    num_prompts: int = 32
-    """P, prompts per rollout"""
-    num_generations: int = 8
-    """G, responses per prompt"""
-    num_mini_batches: int = 4
-    """optimiser steps per rollout (the paper: 8); later ones are off-policy"""
-    learning_rate: float = 1e-3
-    """AdamW learning rate"""
-    model_preset: str = "cpu-nano"
-    """transformer size"""
-    warmstart_steps: int = 1500
-    """supervised warm-start steps"""
-    warmstart_noise: float = 0.4
-    """share of corrupted warm-start demonstrations"""
-    eval_every: int = 25
-    """held-out evaluation every this many steps"""
-    eval_prompts: int = 128
-    """held-out prompts per evaluation"""
     workers: int = 0
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
-        from toy_entropy.envs.sequence import TASKS
-
-        check_choice("task", self.task, sorted(TASKS))
         if not self.methods:
             raise ValueError("methods=() is invalid: expected at least one method")
         for name in self.methods:
             check_choice("methods", name, list(METHODS))
         check_range("num_seeds", self.num_seeds, 2)
-        for name in ("total_steps", "num_prompts", "eval_every", "eval_prompts"):
-            check_positive_int(name, getattr(self, name))
         check_range("workers", self.workers, 0)
-        method_config(self, self.methods[0])  # the shared budget must be a valid TrainConfig
+        method_config(self, self.methods[0])  # the method's loss must be valid
+
+
+def loss_changes(method_fields: dict[str, Any]) -> dict[str, Any]:
+    """A method's PolicyLossConfig fields as dotted TrainConfig changes (``loss.<field>``), with
+    the paper's eps = 1 under Clip-Cov unless the method sets its own clip."""
+    if method_fields.get("loss_mode") == "clip_cov":
+        method_fields = {**CLIP_COV_PPO, **method_fields}
+    return {f"loss.{name}": value for name, value in method_fields.items()}
 
 
 def method_config(config: MethodsConfig, method: str) -> TrainConfig:
-    """The TrainConfig of ``method`` under the shared budget of ``config``."""
-    base = TrainConfig(
-        task=config.task,
-        model_preset=config.model_preset,
-        warmstart_steps=config.warmstart_steps,
-        warmstart_noise=config.warmstart_noise,
-        total_steps=config.total_steps,
-        num_prompts=config.num_prompts,
-        num_generations=config.num_generations,
-        num_mini_batches=config.num_mini_batches,
-        learning_rate=config.learning_rate,
-        eval_every=config.eval_every,
-        eval_prompts=config.eval_prompts,
-    )
-    changes = dict(METHODS[method])
-    if changes.get("loss_mode") == "clip_cov":
-        changes = {**CLIP_COV_PPO, **changes}
-    return replace(base, **changes)
+    """The TrainConfig of ``method``: the shared budget with the method's loss fields."""
+    return replace_paths(config.train, loss_changes(METHODS[method]))
 
 
 def family(method: str) -> str:
@@ -192,11 +184,11 @@ def method_stats(results: list[RunResult], k: int, tail: int = 5) -> dict[str, d
     quick={
         "methods": ("grpo", "entropy-5e-3", "kl-ref-0.1", "clip-higher", "clip-cov-1e-2",
                     "kl-cov-1e-2"),
-        "total_steps": 40,
-        "num_prompts": 16,
-        "num_mini_batches": 2,
-        "eval_every": 20,
-        "eval_prompts": 64,
+        "train.total_steps": 40,
+        "train.num_prompts": 16,
+        "train.num_mini_batches": 2,
+        "train.eval_every": 20,
+        "train.eval_prompts": 64,
     },
 )  # fmt: skip
 def run(config: MethodsConfig, context: RunContext) -> ExperimentResult:
@@ -206,7 +198,7 @@ def run(config: MethodsConfig, context: RunContext) -> ExperimentResult:
         for i in range(config.num_seeds)
     ]
     results = run_sweep(specs, context, config.workers)
-    k = method_config(config, config.methods[0]).eval_samples
+    k = config.train.eval_samples
     eval_keys = ("eval/greedy_accuracy", f"eval/mean_at_{k}", f"eval/pass_at_{k}")
     log_seed_bands(context, results, ("entropy", "reward", *eval_keys, "select/frac"))
     stats = {m: method_stats(group, k) for m, group in group_by_variant(results).items()}
@@ -218,12 +210,12 @@ def run(config: MethodsConfig, context: RunContext) -> ExperimentResult:
     figure = figure_curves(sub_runs, ("entropy", "reward", f"eval/mean_at_{k}"), "methods")
     writer.add_figure("methods/entropy_reward_accuracy", figure)
     headline = {
-        "table1": report_table1(context, results, f"{config.task}, step 1"),
-        "task": config.task,
+        "table1": report_table1(context, results, f"{config.train.task}, step 1"),
+        "task": config.train.task,
         "budget": {
-            "steps": config.total_steps,
-            "responses_per_step": config.num_prompts * config.num_generations,
-            "updates_per_step": config.num_mini_batches,
+            "steps": config.train.total_steps,
+            "responses_per_step": config.train.num_prompts * config.train.num_generations,
+            "updates_per_step": config.train.num_mini_batches,
             "seeds": config.num_seeds,
         },
         "methods": stats,

@@ -9,7 +9,7 @@ R = -a exp(H) + b is fitted to the (entropy, reward) curve.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,24 +19,29 @@ from toy_entropy.experiments.training_runs import identity_summary, law_summary,
 from toy_entropy.trainer import TrainConfig
 
 
+def sanity_budget() -> TrainConfig:
+    """40 GRPO steps of 16 x 8 responses on ``reverse``, the TrainConfig defaults otherwise."""
+    return TrainConfig(total_steps=40, eval_every=10)
+
+
 @dataclass
-class SanityConfig(TrainConfig):
-    total_steps: int = 40
-    eval_every: int = 10
+class SanityConfig:
+    train: TrainConfig = field(default_factory=sanity_budget)
+    """the one training run"""
 
 
 @experiment(
     "sanity",
     "30-second CPU check: a warm-started transformer's entropy collapses as accuracy rises",
     SanityConfig,
-    quick={"total_steps": 30},
+    quick={"train.total_steps": 30},
 )
 def run(config: SanityConfig, context: RunContext) -> ExperimentResult:
-    trainer = train_one_run(config, context, context.seed, sub_run=None)
+    trainer = train_one_run(config.train, context, context.seed, sub_run=None)
     records = trainer.history
     entropy = np.array([r.metrics["entropy"] for r in records])
     reward = np.array([r.metrics["reward"] for r in records])
-    sampled_key = f"eval/mean_at_{config.eval_samples}"
+    sampled_key = f"eval/mean_at_{config.train.eval_samples}"
     initial_eval = trainer.initial_eval[sampled_key]
     final_eval = records[-1].metrics[sampled_key]
     initial_greedy = trainer.initial_eval["eval/greedy_accuracy"]

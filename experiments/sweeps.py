@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from toy_entropy import interrupts
-from toy_entropy.config import config_to_dict
+from toy_entropy.config import flat_config
 from toy_entropy.curve_stats import seed_band
 from toy_entropy.experiments.registry import RunContext
 from toy_entropy.experiments.training_runs import log_run_end
@@ -135,7 +135,7 @@ def train_run(spec: RunSpec, context: RunContext) -> RunResult:
     )
     trainer.fit(state, progress=partial(context.progress, desc=spec.sub_run))
     log_run_end(writer, trainer, {"variant": spec.variant, "seed": spec.seed,
-                                  **config_to_dict(spec.config)})  # fmt: skip
+                                  **flat_config(spec.config)})  # fmt: skip
     return RunResult(
         variant=spec.variant,
         seed=spec.seed,
@@ -198,9 +198,11 @@ def _train_in_worker(spec: RunSpec, out_dir: str, device: str, resume: bool) -> 
 
 
 def _warm_key(spec: RunSpec) -> tuple:
+    """What tells one warm start from another: the task, the model and the recipe with its
+    resolved seed."""
     c = spec.config
-    return (c.task, c.extra_tokens, c.model_preset, c.warmstart_steps, c.warmstart_noise,
-            c.warmstart_lr, spec.seed if c.warmstart_seed < 0 else c.warmstart_seed)  # fmt: skip
+    seed = spec.seed if c.warmstart.seed < 0 else c.warmstart.seed
+    return (c.task, c.task_kwargs, c.extra_tokens, c.model_size, replace(c.warmstart, seed=seed))
 
 
 def run_sweep(specs: Sequence[RunSpec], context: RunContext, workers: int = 0) -> list[RunResult]:

@@ -6,7 +6,7 @@ from functools import partial
 
 import numpy as np
 
-from toy_entropy.config import config_to_dict
+from toy_entropy.config import flat_config
 from toy_entropy.experiments.registry import RunContext
 from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
 from toy_entropy.plots import plt, scatter_identity
@@ -46,7 +46,7 @@ def train_one_run(
         show_progress=context.show_progress,
     )
     trainer.fit(state, progress=partial(context.progress, desc=sub_run or "train"))
-    log_run_end(writer, trainer, {"seed": seed, **config_to_dict(config)})
+    log_run_end(writer, trainer, {"seed": seed, **flat_config(config)})
     return trainer
 
 

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from toy_entropy.config import ConfigError
+from toy_entropy.config import ConfigError, replace_paths
 from toy_entropy.experiments.cli import main
 from toy_entropy.experiments.cure import CureConfig, cure_train_config, roughness
 
 TINY_CURE = [
-    "methods=grpo,kl-cov-2e-3", "num_seeds=2", "total_steps=2", "num_prompts=4",
-    "num_mini_batches=2", "num_forks=1", "segment_length=2", "vocab_size=64",
-    "warmstart_steps=60", "eval_every=2", "eval_prompts=8", "workers=1", "fork_noise=0.5",
+    "methods=grpo,kl-cov-2e-3", "num_seeds=2", "train.total_steps=2", "train.num_prompts=4",
+    "train.num_mini_batches=2", "num_forks=1", "segment_length=2", "vocab_size=64",
+    "train.warmstart.steps=60", "train.eval_every=2", "train.eval_prompts=8", "workers=1",
+    "fork_noise=0.5",
 ]  # fmt: skip
 
 
@@ -65,11 +66,12 @@ def test_cure_tiny_run_writes_table1_methods_and_claims(tmp_path, monkeypatch, o
 def test_cure_config_uses_the_paper_recipe_and_checks_fields():
     config = CureConfig()
     clip = cure_train_config(config, "clip-cov-2e-4", 64)
-    assert (clip.loss_mode, clip.clip_cov_ratio, clip.clip_ratio_low, clip.clip_ratio_high) == (
+    loss = clip.loss
+    assert (loss.loss_mode, loss.clip_cov_ratio, loss.clip_ratio_low, loss.clip_ratio_high) == (
         "clip_cov", 2e-4, 1.0, 1.0,
     )  # fmt: skip
     kl = cure_train_config(config, "kl-cov-2e-3", 64)
-    assert (kl.kl_cov_ratio, kl.ppo_kl_coef, kl.num_mini_batches, kl.filter_groups) == (
+    assert (kl.loss.kl_cov_ratio, kl.loss.ppo_kl_coef, kl.num_mini_batches, kl.filter_groups) == (
         2e-3, 1.0, 8, True,
     )  # fmt: skip
     from toy_entropy.envs.sequence import make_task
@@ -92,7 +94,9 @@ def test_runs_sharing_a_warm_start_seed_start_from_one_model(tmp_path, monkeypat
     from toy_entropy.trainer import Trainer
 
     monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
-    tiny = CureConfig(num_forks=1, segment_length=2, vocab_size=40, warmstart_steps=3)
+    tiny = replace_paths(
+        CureConfig(num_forks=1, segment_length=2, vocab_size=40), {"train.warmstart.steps": 3}
+    )
     shared = [
         Trainer(cure_train_config(tiny, "grpo", 4, warmstart_seed=7), seed, torch.device("cpu"))
         for seed in (1, 2)
@@ -110,7 +114,9 @@ def test_filtered_groups_are_scored_with_their_own_tokens(tmp_path, monkeypatch,
     from toy_entropy.trainer import Trainer
 
     monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
-    tiny = CureConfig(num_forks=2, segment_length=3, vocab_size=48, warmstart_steps=20)
+    tiny = replace_paths(
+        CureConfig(num_forks=2, segment_length=3, vocab_size=48), {"train.warmstart.steps": 20}
+    )
     trainer = Trainer(cure_train_config(tiny, "grpo", 8), 0, torch.device("cpu"))
     batch = trainer.rollout()
     generated = batch.response_mask  # (B, T)

@@ -14,28 +14,37 @@ import torch.multiprocessing
 from grad_capture import first_step_gradients
 
 from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
+from toy_entropy.config import replace_paths
 from toy_entropy.parallel import DataParallel
 from toy_entropy.trainer import TrainConfig, Trainer
 
 WORLD = 2
 # 8 prompts x 8 responses; per rank 4 prompts; 2 mini-batches of 16 rows per rank, in 2
 # micro-batches each (so DDP's no_sync accumulation runs); 2 passes, so the selection acts.
-BASE = dict(
-    warmstart_steps=150,
-    total_steps=3,
-    eval_every=3,
-    eval_prompts=16,
-    probe_states=8,
-    num_prompts=8,
-    num_iterations=2,
-    num_mini_batches=2,
-    micro_batch_size=8,
-    rollout_micro_batch_size=16,
-)
-MODES = {
-    "clip_cov": dict(loss_mode="clip_cov", clip_cov_ratio=0.05, clip_cov_lb=-1.0),
-    "kl_cov": dict(loss_mode="kl_cov", kl_cov_ratio=0.05),
+BASE = {
+    "warmstart.steps": 150,
+    "total_steps": 3,
+    "eval_every": 3,
+    "eval_prompts": 16,
+    "probe_states": 8,
+    "num_prompts": 8,
+    "num_iterations": 2,
+    "num_mini_batches": 2,
+    "micro_batch_size": 8,
+    "rollout_micro_batch_size": 16,
 }
+MODES = {
+    "clip_cov": {
+        "loss.loss_mode": "clip_cov",
+        "loss.clip_cov_ratio": 0.05,
+        "loss.clip_cov_lb": -1.0,
+    },
+    "kl_cov": {"loss.loss_mode": "kl_cov", "loss.kl_cov_ratio": 0.05},
+}
+
+
+def train_config(changes: dict) -> TrainConfig:
+    return replace_paths(TrainConfig(), changes)
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +55,7 @@ def _cache(tmp_path_factory, monkeypatch):
 def _train(mode: str, parallel: DataParallel | None, checkpoint_dir=None) -> Trainer:
     torch.manual_seed(0)
     trainer = Trainer(
-        TrainConfig(**BASE, **MODES[mode]),
+        train_config({**BASE, **MODES[mode]}),
         seed=3,
         device="cpu",
         checkpoint_dir=checkpoint_dir,
@@ -144,9 +153,10 @@ class _FakeGroup:
 
 
 def test_chunked_log_probs_give_the_unchunked_update():
-    config = dict(BASE, total_steps=1, num_iterations=1, **MODES["kl_cov"], entropy_coeff=0.01)
-    chunked = Trainer(TrainConfig(**config, log_prob_chunk_tokens=37), seed=4, device="cpu")
-    full = Trainer(TrainConfig(**config, chunked_log_probs=False), seed=4, device="cpu")
+    config = {**BASE, "total_steps": 1, "num_iterations": 1, **MODES["kl_cov"],
+              "loss.entropy_coeff": 0.01}  # fmt: skip
+    chunked = Trainer(train_config({**config, "log_prob_chunk_tokens": 37}), seed=4, device="cpu")
+    full = Trainer(train_config({**config, "chunked_log_probs": False}), seed=4, device="cpu")
     before = [p.detach().clone() for p in full.model.parameters()]
     grads = [first_step_gradients(chunked), first_step_gradients(full)]
     one, two = chunked.train_step(), full.train_step()
@@ -164,12 +174,17 @@ def test_chunked_log_probs_give_the_unchunked_update():
 def test_num_prompts_must_split_over_ranks():
     parallel = DataParallel(_FakeGroup(world_size=4, rank=0))
     with pytest.raises(ValueError, match="num_prompts=6 is invalid: must be a multiple of"):
-        Trainer(TrainConfig(**dict(BASE, num_prompts=6)), 0, "cpu", parallel=parallel)
+        Trainer(train_config({**BASE, "num_prompts": 6}), 0, "cpu", parallel=parallel)
 
 
 def _run(tmp_path, out: str, nproc: int, *extra: str) -> subprocess.CompletedProcess:
     """``python -m toy_entropy.train`` (1 process) or under torchrun (``nproc`` ranks)."""
-    sets = ["total_steps=2", "checkpoint_every=1", "loss_mode=kl_cov", "kl_cov_ratio=0.05"]
+    sets = [
+        "total_steps=2",
+        "checkpoint_every=1",
+        "loss.loss_mode=kl_cov",
+        "loss.kl_cov_ratio=0.05",
+    ]
     sets += [f"{k}={v}" for k, v in BASE.items() if k not in ("total_steps", "eval_every")]
     args = ["-m", "toy_entropy.train", "--out", str(tmp_path / out), "--seed", "5", "--quiet"]
     args += [item for kv in sets for item in ("--set", kv)] + list(extra)

@@ -11,9 +11,9 @@ from toy_entropy.entropy import (
     logprob_logit_covariance,
     masked_response_mean,
     masked_token_mean,
-    natural_pg_logit_update,
+    npg_logit_update,
+    pg_logit_update,
     predicted_entropy_change,
-    vanilla_pg_logit_update,
 )
 
 
@@ -98,7 +98,7 @@ def test_covariance_ignores_constant_shift_and_masked_actions():
     torch.testing.assert_close(logprob_logit_covariance(logits, dz_other), base)
 
 
-@pytest.mark.parametrize("update", [vanilla_pg_logit_update, natural_pg_logit_update])
+@pytest.mark.parametrize("update", [pg_logit_update, npg_logit_update])
 def test_identity_holds_to_first_order(update):
     torch.manual_seed(0)
     logits = torch.randn(6, 8, dtype=torch.float64)
@@ -116,10 +116,10 @@ def test_closed_form_updates():
     values = torch.tensor([1.0, 0.0], dtype=torch.float64)
     # A = (0.5, -0.5): PG dz = eta * pi * A, NPG dz = eta * A
     torch.testing.assert_close(
-        vanilla_pg_logit_update(logits, values, 0.1), torch.tensor([0.025, -0.025]).double()
+        pg_logit_update(logits, values, 0.1), torch.tensor([0.025, -0.025]).double()
     )
     torch.testing.assert_close(
-        natural_pg_logit_update(logits, values, 0.1), torch.tensor([0.05, -0.05]).double()
+        npg_logit_update(logits, values, 0.1), torch.tensor([0.05, -0.05]).double()
     )
 
 

@@ -2,6 +2,7 @@
 prefix-policy identity run, method configs."""
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -165,11 +166,13 @@ def test_target_rewards_mark_one_response_per_prompt():
 def test_method_configs_share_the_budget():
     config = MethodsConfig(num_seeds=2)
     configs = {name: method_config(config, name) for name in METHODS}
-    assert {c.total_steps for c in configs.values()} == {config.total_steps}
-    assert configs["clip-cov-1e-2"].loss_mode == "clip_cov"
-    assert configs["clip-cov-1e-2"].clip_ratio_low == 1.0  # the paper's eps = 1 for Clip-Cov
-    assert configs["kl-cov-1e-2-b5"].ppo_kl_coef == 5.0
-    assert configs["grpo"].clip_ratio_high == 0.2 and configs["clip-higher"].clip_ratio_high == 0.28
+    assert {c.total_steps for c in configs.values()} == {config.train.total_steps}
+    assert all(replace(c, loss=config.train.loss) == config.train for c in configs.values())
+    loss = {name: c.loss for name, c in configs.items()}
+    assert loss["clip-cov-1e-2"].loss_mode == "clip_cov"
+    assert loss["clip-cov-1e-2"].clip_ratio_low == 1.0  # the paper's eps = 1 for Clip-Cov
+    assert loss["kl-cov-1e-2-b5"].ppo_kl_coef == 5.0
+    assert loss["grpo"].clip_ratio_high == 0.2 and loss["clip-higher"].clip_ratio_high == 0.28
     assert [family(m) for m in ("grpo", "entropy-1e-3", "kl-cov-1e-2-b5")] == [
         "grpo",
         "entropy",

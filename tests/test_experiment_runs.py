@@ -11,13 +11,13 @@ from toy_entropy.experiments.cli import main
 # Shared by every tiny run: the warm start of reverse at the trainer defaults (cached per test
 # session), few steps, small batches.
 TINY_COLLAPSE = [
-    "tasks=reverse", "num_seeds=2", "total_steps=12", "num_prompts=4", "eval_every=6",
-    "bandit_steps=24", "bandit_seeds=2", "workers=1",
+    "tasks=reverse", "num_seeds=2", "train.total_steps=12", "train.num_prompts=4",
+    "train.eval_every=6", "bandit_steps=24", "bandit_seeds=2", "workers=1",
 ]  # fmt: skip
 TINY_METHODS = [
-    "task=reverse", "warmstart_steps=300", "warmstart_noise=0.6", "methods=grpo,kl-cov-1e-2",
-    "num_seeds=2", "total_steps=4", "num_prompts=4", "num_mini_batches=2", "eval_every=2",
-    "eval_prompts=8", "workers=2",
+    "train.task=reverse", "train.warmstart.steps=300", "train.warmstart.noise=0.6",
+    "methods=grpo,kl-cov-1e-2", "num_seeds=2", "train.total_steps=4", "train.num_prompts=4",
+    "train.num_mini_batches=2", "train.eval_every=2", "train.eval_prompts=8", "workers=2",
 ]  # fmt: skip
 
 

@@ -19,14 +19,14 @@ from toy_entropy.experiments.cli import main
 from toy_entropy.losses import PolicyLossConfig, policy_loss
 from toy_entropy.train import main as train_main
 
-TINY = ["--quiet", "--set", "warmstart_steps=40", "--set", "eval_prompts=8",
-        "--set", "probe_states=4", "--set", "num_prompts=8"]  # fmt: skip
-SANITY = ["run", "sanity", *TINY, "--set", "total_steps=6", "--set", "eval_every=3"]
+TINY = ["--quiet", "--set", "train.warmstart.steps=40", "--set", "train.eval_prompts=8",
+        "--set", "train.probe_states=4", "--set", "train.num_prompts=8"]  # fmt: skip
+SANITY = ["run", "sanity", *TINY, "--set", "train.total_steps=6", "--set", "train.eval_every=3"]
 SWEEP = ["run", "collapse", "--quick", "--quiet", "--set", "tasks=reverse",
-         "--set", "num_seeds=2", "--set", "total_steps=12", "--set", "num_prompts=4",
-         "--set", "eval_every=6", "--set", "bandit_steps=12", "--set", "bandit_seeds=2",
+         "--set", "num_seeds=2", "--set", "train.total_steps=12", "--set", "train.num_prompts=4",
+         "--set", "train.eval_every=6", "--set", "bandit_steps=12", "--set", "bandit_seeds=2",
          "--set", "workers=2"]  # fmt: skip
-TRAIN = ["--quiet", "--set", "warmstart_steps=40", "--set", "eval_prompts=8",
+TRAIN = ["--quiet", "--set", "warmstart.steps=40", "--set", "eval_prompts=8",
          "--set", "probe_states=4", "--set", "num_prompts=8", "--set", "total_steps=2"]  # fmt: skip
 
 
@@ -155,7 +155,7 @@ def unfinished_run(tmp_path_factory, cache) -> Path:
     """A sanity run with checkpoints whose summary.json is gone (as if killed at the end)."""
     os.environ["TOY_ENTROPY_CACHE"] = str(cache)
     out = tmp_path_factory.mktemp("unfinished") / "run"
-    assert main([*SANITY, "--set", "checkpoint_every=2", "--out", str(out)]) == 0
+    assert main([*SANITY, "--set", "train.checkpoint_every=2", "--out", str(out)]) == 0
     (out / "summary.json").unlink()
     (out / "checkpoints" / "step_000006.pt").unlink()
     return out
@@ -164,13 +164,14 @@ def unfinished_run(tmp_path_factory, cache) -> Path:
 def test_refused_resume_leaves_the_run_byte_identical(unfinished_run, capsys):
     out = unfinished_run
     before = _tree(out)
-    assert main(["run", "sanity", "--resume", str(out), *TINY, "--set", "learning_rate=1e-2"]) == 2
+    changed = ["--set", "train.learning_rate=1e-2"]
+    assert main(["run", "sanity", "--resume", str(out), *TINY, *changed]) == 2
     _one_line_error(capsys, "differ from the run's config")
     assert _tree(out) == before
     # config.json edited by hand: the checkpoint refuses it before any log is touched.
     record = json.loads((out / "config.json").read_text())
     original = (out / "config.json").read_text()
-    record["config"]["learning_rate"] = 1e-2
+    record["config"]["train"]["learning_rate"] = 1e-2
     (out / "config.json").write_text(json.dumps(record))
     edited = _tree(out)
     try:
@@ -202,10 +203,10 @@ def test_resume_of_a_malformed_config_json(tmp_path, capsys, record, message):
     "extra, message",
     [
         (["--seed", str(2**64)], "--seed"),
-        (["--set", "learning_rate=inf"], "learning_rate"),
-        (["--set", "learning_rate=1e400"], "learning_rate"),
-        (["--set", "temperature=inf"], "temperature"),
-        (["--set", "num_prompts=1000000000"], "num_prompts"),
+        (["--set", "train.learning_rate=inf"], "learning_rate"),
+        (["--set", "train.learning_rate=1e400"], "learning_rate"),
+        (["--set", "train.temperature=inf"], "temperature"),
+        (["--set", "train.num_prompts=1000000000"], "num_prompts"),
     ],
 )
 def test_refused_start_leaves_nothing(tmp_path, capsys, extra, message):
@@ -227,7 +228,8 @@ def test_cache_that_is_a_file_is_refused(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("steps", [1, 2])
 def test_runs_too_short_for_the_law_still_finish(tmp_path, steps):
     out = tmp_path / "run"
-    assert main(["run", "sanity", *TINY, "--set", f"total_steps={steps}", "--out", str(out)]) == 0
+    steps_set = ["--set", f"train.total_steps={steps}"]
+    assert main(["run", "sanity", *TINY, *steps_set, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished"
     assert summary["headline"]["law"]["note"].startswith("too few steps")
@@ -254,7 +256,7 @@ def test_report_bad_inputs(tmp_path, capsys):
 
 def test_destructive_learning_rate_rolls_back_then_stops_with_a_summary(tmp_path, capsys):
     out = tmp_path / "run"
-    sets = ["--set", "learning_rate=1e6", "--set", "warmstart_steps=150"]  # rewards > 0
+    sets = ["--set", "train.learning_rate=1e6", "--set", "train.warmstart.steps=150"]  # rewards > 0
     with pytest.warns(RuntimeWarning, match="rolled back to the last good state"):
         code = main([*SANITY, *sets, "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -323,7 +325,7 @@ def test_sigkill_of_a_sweep_parent_leaves_no_worker(tmp_path, cache):
 
 
 def test_sigterm_checkpoints_a_single_run_and_it_resumes_to_the_same_result(tmp_path, cache):
-    args = [*SANITY, "--set", "total_steps=10"]
+    args = [*SANITY, "--set", "train.total_steps=10"]
     assert _cli([*args, "--out", str(tmp_path / "whole")], cache).wait(timeout=300) == 0
     out = tmp_path / "stopped"
     run = _cli([*args, "--out", str(out)], cache, stderr=subprocess.PIPE, text=True)
@@ -411,7 +413,7 @@ def tiny_disk(tmp_path):
 
 def test_a_full_disk_gives_one_line_and_leaves_no_temporary_file(tiny_disk, capsys):
     out = tiny_disk / "run"
-    code = main([*SANITY, "--set", "checkpoint_every=1", "--out", str(out)])
+    code = main([*SANITY, "--set", "train.checkpoint_every=1", "--out", str(out)])
     assert code == 1
     _one_line_error(capsys, "no space left on device while writing", str(out))
     assert not [p for p in tiny_disk.rglob("*") if p.name.endswith(".tmp")]

@@ -14,8 +14,8 @@ from toy_entropy.experiments.cli import main
 from toy_entropy.experiments.lesson import LessonConfig, lesson_layout, varying_fields
 
 TINY = [
-    "num_seeds=2", "total_steps=4", "num_prompts=4", "eval_every=4", "eval_prompts=8",
-    "warmstart_steps=20", "workers=1",
+    "num_seeds=2", "train.total_steps=4", "train.num_prompts=4", "train.eval_every=4",
+    "train.eval_prompts=8", "train.warmstart.steps=20", "workers=1",
 ]  # fmt: skip
 METHODS = ("grpo", "clip-cov-1e-2", "kl-cov-1e-2")
 TB_RUNS = {".", "identity-dH/actual", "identity-dH/predicted"} | {
@@ -102,10 +102,11 @@ def test_hparams_hold_only_what_differs_between_methods(lesson_run):
     content = events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert set(hparams) == {
-        "loss_mode", "clip_ratio_low", "clip_ratio_high", "clip_cov_ratio", "kl_cov_ratio"
+        "loss.loss_mode", "loss.clip_ratio_low", "loss.clip_ratio_high", "loss.clip_cov_ratio",
+        "loss.kl_cov_ratio",
     }  # fmt: skip
-    assert hparams["loss_mode"].string_value == "kl_cov"
-    assert hparams["kl_cov_ratio"].number_value == pytest.approx(1e-2)
+    assert hparams["loss.loss_mode"].string_value == "kl_cov"
+    assert hparams["loss.kl_cov_ratio"].number_value == pytest.approx(1e-2)
 
 
 def test_config_checks_and_helpers():
@@ -123,8 +124,13 @@ def test_config_checks_and_helpers():
 def test_the_quickstart_run_opens_on_a_layout_of_its_own_charts(tmp_path, monkeypatch):
     monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "sanity"
-    argv = ["run", "sanity", "--quiet", "--out", str(out), "--set", "warmstart_steps=20"]
-    for item in ("eval_prompts=8", "probe_states=4", "num_prompts=4", "total_steps=2"):
+    argv = ["run", "sanity", "--quiet", "--out", str(out), "--set", "train.warmstart.steps=20"]
+    for item in (
+        "train.eval_prompts=8",
+        "train.probe_states=4",
+        "train.num_prompts=4",
+        "train.total_steps=2",
+    ):
         argv += ["--set", item]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

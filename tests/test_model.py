@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toy_entropy.model import GPT, PRESETS, GPTConfig, KVCache, sample_categorical
+from toy_entropy.model import GPT, MODEL_SIZES, GPTConfig, KVCache, sample_categorical
 
 PAD, EOS, VOCAB = 0, 1, 13
 
 
 def make_model(seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
-    config = GPTConfig.from_preset("cpu-micro", vocab_size=VOCAB, block_size=32, **overrides)
+    config = GPTConfig.from_size("cpu-micro", vocab_size=VOCAB, block_size=32, **overrides)
     return GPT(config).eval()
 
 
@@ -26,13 +26,13 @@ def padded_prompts(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_presets_and_config_validation():
-    config = GPTConfig.from_preset("cpu-micro", vocab_size=20)
+    config = GPTConfig.from_size("cpu-micro", vocab_size=20)
     assert (config.n_layer, config.n_head, config.n_embd, config.vocab_size) == (3, 3, 48, 20)
-    assert GPTConfig.from_preset("cpu-nano").n_embd == 32
-    with pytest.raises(ValueError, match="unknown GPT preset 'gpt-huge'.*cpu-nano"):
-        GPTConfig.from_preset("gpt-huge")
+    assert GPTConfig.from_size("cpu-nano").n_embd == 32
+    with pytest.raises(ValueError, match="unknown model size 'gpt-huge'.*cpu-nano"):
+        GPTConfig.from_size("gpt-huge")
     with pytest.raises(ValueError, match="unknown field"):
-        GPTConfig.from_preset("cpu-nano", n_layers=3)
+        GPTConfig.from_size("cpu-nano", n_layers=3)
     with pytest.raises(ValueError, match="divisible by n_head"):
         GPTConfig(n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="vocab_size"):
@@ -49,9 +49,9 @@ def test_presets_and_config_validation():
 )
 def test_gpu_preset_sizes(name, vocab_size, low, high):
     with torch.device("meta"):
-        model = GPT(GPTConfig.from_preset(name, vocab_size=vocab_size))
+        model = GPT(GPTConfig.from_size(name, vocab_size=vocab_size))
     assert low < model.num_parameters() < high
-    assert set(PRESETS) >= {"cpu-nano", "cpu-micro", "cpu-small", name}
+    assert set(MODEL_SIZES) >= {"cpu-nano", "cpu-micro", "cpu-small", name}
 
 
 def test_forward_shapes_and_tied_head():
@@ -196,7 +196,7 @@ def test_sample_categorical_frequencies_and_zero_mass():
 
 def test_overfits_a_fixed_batch():
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("cpu-nano", vocab_size=VOCAB, block_size=16))
+    model = GPT(GPTConfig.from_size("cpu-nano", vocab_size=VOCAB, block_size=16))
     batch = torch.randint(0, VOCAB, (8, 12), generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []

@@ -16,7 +16,7 @@ import torch
 import toy_entropy.envs  # noqa: F401
 from toy_entropy.advantages import compute_advantages
 from toy_entropy.checkpoint import load_checkpoint
-from toy_entropy.config import ConfigError
+from toy_entropy.config import ConfigError, replace_paths
 from toy_entropy.entropy import entropy_from_logits
 from toy_entropy.envs.bandit_problem import make_bandit_problem
 from toy_entropy.envs.sequence import make_task
@@ -25,8 +25,9 @@ from toy_entropy.lawfit import fit_entropy_reward_law
 from toy_entropy.losses import PolicyLossConfig, policy_loss
 from toy_entropy.trainer import NonFiniteError, TrainConfig, Trainer
 
-FAST = dict(warmstart_steps=100, total_steps=6, eval_every=3, eval_prompts=16, probe_states=8)
-QUICK_RUN = ["run", "sanity", "--quick", "--quiet", "--set", "total_steps=12"]
+FAST = {"warmstart.steps": 100, "total_steps": 6, "eval_every": 3, "eval_prompts": 16,
+        "probe_states": 8}  # fmt: skip
+QUICK_RUN = ["run", "sanity", "--quick", "--quiet", "--set", "train.total_steps=12"]
 
 
 @pytest.fixture(autouse=True)
@@ -38,19 +39,21 @@ def _cache(tmp_path_factory, monkeypatch):
 
 CLI_CASES = [
     (["run", "no-such-experiment"], "unknown experiment"),
-    (["run", "sanity", "--set", "learnign_rate=1"], "did you mean learning_rate"),
-    (["run", "sanity", "--set", "total_steps=ten"], "total_steps"),
-    (["run", "sanity", "--set", "total_steps=2.5"], "total_steps"),
-    (["run", "sanity", "--set", "learning_rate=-1"], "learning_rate"),
-    (["run", "sanity", "--set", "num_generations=1"], "num_generations"),
-    (["run", "sanity", "--set", "num_mini_batches=3"], "num_mini_batches"),
-    (["run", "sanity", "--set", "micro_batch_size=48"], "micro_batch_size"),
-    (["run", "sanity", "--set", "loss_mode=ppo2"], "loss_mode"),
-    (["run", "sanity", "--set", "clip_cov_lb=6"], "clip_cov_lb"),
-    (["run", "sanity", "--set", "clip_ratio_low=1.5"], "clip_ratio_low"),
-    (["run", "sanity", "--set", "task=chess"], "task"),
-    (["run", "sanity", "--set", "filter_groups=maybe"], "filter_groups"),
-    (["run", "sanity", "--set", "nonfinite_policy=ignore"], "nonfinite_policy"),
+    (["run", "sanity", "--set", "learnign_rate=1"], "did you mean train.learning_rate"),
+    (["run", "methods", "--set", "temperature=0.8"], "did you mean train.temperature?"),
+    (["run", "methods", "--set", "train.loss.clip_cov_ratio=2"], "clip_cov_ratio"),
+    (["run", "sanity", "--set", "train.total_steps=ten"], "total_steps"),
+    (["run", "sanity", "--set", "train.total_steps=2.5"], "total_steps"),
+    (["run", "sanity", "--set", "train.learning_rate=-1"], "learning_rate"),
+    (["run", "sanity", "--set", "train.num_generations=1"], "num_generations"),
+    (["run", "sanity", "--set", "train.num_mini_batches=3"], "num_mini_batches"),
+    (["run", "sanity", "--set", "train.micro_batch_size=48"], "micro_batch_size"),
+    (["run", "sanity", "--set", "train.loss.loss_mode=ppo2"], "loss_mode"),
+    (["run", "sanity", "--set", "train.loss.clip_cov_lb=6"], "clip_cov_lb"),
+    (["run", "sanity", "--set", "train.loss.clip_ratio_low=1.5"], "clip_ratio_low"),
+    (["run", "sanity", "--set", "train.task=chess"], "task"),
+    (["run", "sanity", "--set", "train.filter_groups=maybe"], "filter_groups"),
+    (["run", "sanity", "--set", "train.nonfinite_policy=ignore"], "nonfinite_policy"),
     (["run", "sanity", "--set", "total_steps"], "key=value"),
     (["run", "bandit-identity", "--set", "priors=flat"], "priors"),
     (["run", "sanity", "--device", "tpu"], "--device"),
@@ -98,7 +101,7 @@ def test_cli_resume_errors(tmp_path, capsys):
 
 def test_cli_resume_with_corrupt_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main([*QUICK_RUN, "--set", "checkpoint_every=3", "--out", str(out)]) == 0
+    assert main([*QUICK_RUN, "--set", "train.checkpoint_every=3", "--out", str(out)]) == 0
     (out / "summary.json").unlink()  # pretend it was killed
     for checkpoint in (out / "checkpoints").glob("step_*.pt"):
         checkpoint.write_bytes(b"not a checkpoint")
@@ -119,7 +122,7 @@ def _loss(mask=None, old_shape=(2, 3)):
 
 LIBRARY_CASES = [
     (lambda: TrainConfig(micro_batch_size=48), ConfigError, "micro_batch_size"),
-    (lambda: TrainConfig(model_preset="gpt-5"), ConfigError, "model_preset"),
+    (lambda: TrainConfig(model_size="gpt-5"), ConfigError, "model_size"),
     (lambda: PolicyLossConfig(clip_cov_ratio=2.0), ValueError, "clip_cov_ratio"),
     (lambda: PolicyLossConfig(kl_cov_ratio=-0.1), ValueError, "kl_cov_ratio"),
     (lambda: PolicyLossConfig(loss_agg_mode="sum"), ValueError, "loss_agg_mode"),
@@ -179,7 +182,7 @@ def _poison_rewards_at(trainer: Trainer, step: int) -> None:
 
 
 def test_nan_guard_skip_drops_the_update_and_counts_it():
-    trainer = Trainer(TrainConfig(**FAST), seed=0, device="cpu")
+    trainer = Trainer(replace_paths(TrainConfig(), FAST), seed=0, device="cpu")
     trainer.train_step()
     before = [p.detach().clone() for p in trainer.model.parameters()]
     _poison_rewards_at(trainer, step=2)
@@ -194,7 +197,7 @@ def test_nan_guard_skip_drops_the_update_and_counts_it():
 
 
 def test_nan_guard_stop_checkpoints_the_last_good_state(tmp_path):
-    config = TrainConfig(**FAST, nonfinite_policy="stop")
+    config = replace_paths(TrainConfig(), {**FAST, "nonfinite_policy": "stop"})
     trainer = Trainer(config, seed=0, device="cpu", checkpoint_dir=tmp_path)
     trainer.train_step()
     good = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -233,7 +236,7 @@ def test_same_seed_gives_identical_metrics_in_two_processes(tmp_path):
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     cache = tmp_path / "cache"
-    args = [*QUICK_RUN, "--set", "checkpoint_every=4"]
+    args = [*QUICK_RUN, "--set", "train.checkpoint_every=4"]
     assert _cli([*args, "--out", str(tmp_path / "whole")], cache).wait(timeout=300) == 0
     killed = tmp_path / "killed"
     run = _cli([*args, "--out", str(killed)], cache, stdout=subprocess.DEVNULL)

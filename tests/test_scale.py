@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from toy_entropy.config import ConfigError, apply_overrides
+from toy_entropy.config import ConfigError, apply_overrides, config_paths
 from toy_entropy.envs.sequence import make_task
 from toy_entropy.model import GPT, GPTConfig
 from toy_entropy.parallel import DataParallel, mini_batch_rows, stratum_groups
@@ -22,36 +22,36 @@ GPU_SIZES = {
 
 @pytest.mark.parametrize("preset", sorted(GPU_SIZES))
 def test_gpu_presets_have_the_documented_sizes(preset):
-    config = TrainConfig(preset=preset)
-    vocab, length, millions, model_preset = GPU_SIZES[preset]
+    config = TrainConfig(scale=preset)
+    vocab, length, millions, model_size = GPU_SIZES[preset]
     task = make_task(config.task, extra_tokens=config.extra_tokens, **config.task_args())
     assert (task.vocab.size, task.max_response_length) == (vocab, length)
-    assert (config.model_preset, config.num_prompts, config.num_generations) == (
-        model_preset,
+    assert (config.model_size, config.num_prompts, config.num_generations) == (
+        model_size,
         256,
         8,
     )
     assert config.chunked_log_probs and config.bf16
     block = task.prompt_length + task.max_response_length
     with torch.device("meta"):
-        model = GPT(GPTConfig.from_preset(model_preset, vocab_size=vocab, block_size=block))
+        model = GPT(GPTConfig.from_size(model_size, vocab_size=vocab, block_size=block))
     assert model.num_parameters() / 1e6 == pytest.approx(millions, abs=0.05)
 
 
 def test_cpu_preset_is_the_defaults_and_explicit_fields_win():
-    assert TrainConfig(preset="cpu") == TrainConfig()
+    assert TrainConfig(scale="cpu") == TrainConfig()
     assert SCALE_PRESETS["cpu"] == {}
-    assert TrainConfig(preset="gpu-large", num_prompts=64).num_prompts == 64
+    assert TrainConfig(scale="gpu-large", num_prompts=64).num_prompts == 64
     # On the command line the preset goes first, whatever the order: an explicit value wins
     # even when it is the CPU default (num_mini_batches=1).
-    overrides = ["num_mini_batches=1", "preset=gpu-small", "num_prompts=64"]
+    overrides = ["num_mini_batches=1", "scale=gpu-small", "num_prompts=64"]
     config = apply_overrides(TrainConfig(), overrides)
     assert (config.num_prompts, config.num_mini_batches) == (64, 1)
-    assert (config.model_preset, config.micro_batch_size) == ("gpu-10m", 64)
+    assert (config.model_size, config.micro_batch_size) == ("gpu-10m", 64)
     assert config.task_kwargs == "list_length=255,num_values=1000"
     # Fields that follow the preset follow it back; explicit ones stay.
-    back = dataclasses.replace(config, preset="cpu")
-    assert (back.model_preset, back.task_kwargs, back.extra_tokens, back.bf16) == (
+    back = dataclasses.replace(config, scale="cpu")
+    assert (back.model_size, back.task_kwargs, back.extra_tokens, back.bf16) == (
         "cpu-nano",
         "",
         0,
@@ -61,8 +61,8 @@ def test_cpu_preset_is_the_defaults_and_explicit_fields_win():
 
 
 def test_bad_preset_and_task_kwargs_name_the_field():
-    with pytest.raises(ConfigError, match="preset='gpu-huge'"):
-        TrainConfig(preset="gpu-huge")
+    with pytest.raises(ConfigError, match="scale='gpu-huge'"):
+        TrainConfig(scale="gpu-huge")
     with pytest.raises(ConfigError, match="task_kwargs"):
         TrainConfig(task_kwargs="list_length=0")  # the task rejects it
     with pytest.raises(ConfigError, match="task_kwargs.*not key=value"):
@@ -141,6 +141,6 @@ def test_a_row_samples_the_same_tokens_in_any_batch():
 
 
 def test_preset_fields_are_train_config_fields():
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = set(config_paths(TrainConfig))
     for preset, values in SCALE_PRESETS.items():
         assert set(values) <= names, preset

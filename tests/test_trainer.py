@@ -8,12 +8,13 @@ from grad_capture import first_step_gradients
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
-from toy_entropy.config import ConfigError
+from toy_entropy.config import replace_paths
 from toy_entropy.experiments import RunContext
 from toy_entropy.experiments.training_runs import train_one_run
 from toy_entropy.trainer import TrainConfig, Trainer
 
-FAST = dict(warmstart_steps=150, total_steps=12, eval_every=6, eval_prompts=32, probe_states=16)
+FAST = {"warmstart.steps": 150, "total_steps": 12, "eval_every": 6, "eval_prompts": 32,
+        "probe_states": 16}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def test_short_run_learns_and_collapses_entropy(tmp_path):
-    config = TrainConfig(**FAST)
+    config = replace_paths(TrainConfig(), FAST)
     context = RunContext(tmp_path, seed=0, device=torch.device("cpu"), show_progress=False)
     trainer = train_one_run(config, context, seed=0, sub_run=None)
     context.close()
@@ -60,7 +61,7 @@ def test_short_run_learns_and_collapses_entropy(tmp_path):
 
 
 def test_identity_prediction_tracks_actual_change():
-    trainer = Trainer(TrainConfig(**FAST), seed=1, device="cpu")
+    trainer = Trainer(replace_paths(TrainConfig(), FAST), seed=1, device="cpu")
     for _ in range(6):
         trainer.train_step()
     predicted, actual = zip(*trainer.identity_points)
@@ -69,9 +70,10 @@ def test_identity_prediction_tracks_actual_change():
 
 
 def test_micro_batches_give_the_same_update():
-    config = dict(FAST, loss_mode="clip_cov", clip_cov_ratio=0.05, clip_cov_lb=-1.0, total_steps=1)
-    whole = Trainer(TrainConfig(**config), seed=2, device="cpu")
-    split = Trainer(TrainConfig(**config, micro_batch_size=32), seed=2, device="cpu")
+    config = {**FAST, "loss.loss_mode": "clip_cov", "loss.clip_cov_ratio": 0.05,
+              "loss.clip_cov_lb": -1.0, "total_steps": 1}  # fmt: skip
+    whole = Trainer(replace_paths(TrainConfig(), config), seed=2, device="cpu")
+    split = Trainer(replace_paths(TrainConfig(), {**config, "micro_batch_size": 32}), 2, "cpu")
     grads = [first_step_gradients(whole), first_step_gradients(split)]
     one, two = whole.train_step(), split.train_step()
     assert one["loss/total"] == pytest.approx(two["loss/total"], rel=1e-5, abs=1e-8)
@@ -87,13 +89,14 @@ def test_micro_batches_give_the_same_update():
         ({"num_mini_batches": 3}, "num_mini_batches"),
         ({"micro_batch_size": 48}, "micro_batch_size"),
         ({"task": "chess"}, "task"),
-        ({"loss_mode": "ppo2"}, "loss_mode"),
-        ({"clip_cov_lb": 5.0, "clip_cov_ub": 1.0}, "clip_cov_lb"),
+        ({"loss.loss_mode": "ppo2"}, "loss_mode"),
+        ({"loss.clip_cov_lb": 5.0, "loss.clip_cov_ub": 1.0}, "clip_cov_lb"),
+        ({"warmstart.noise": 1.5}, "warmstart.noise"),
     ],
 )
 def test_bad_train_config_names_the_field(kwargs, field):
-    with pytest.raises(ConfigError, match=field):
-        TrainConfig(**kwargs)
+    with pytest.raises(ValueError, match=field):
+        replace_paths(TrainConfig(), kwargs)
 
 
 def test_every_logged_key_is_in_the_metric_table():
@@ -103,12 +106,12 @@ def test_every_logged_key_is_in_the_metric_table():
 
     keys = set()
     modes = [
-        {"loss_mode": "clip_cov", "clip_cov_ratio": 0.05, "clip_cov_lb": -1.0},
-        {"loss_mode": "kl_cov", "kl_loss_coef": 0.01, "clip_ratio_high": 0.28},
+        {"loss.loss_mode": "clip_cov", "loss.clip_cov_ratio": 0.05, "loss.clip_cov_lb": -1.0},
+        {"loss.loss_mode": "kl_cov", "loss.kl_loss_coef": 0.01, "loss.clip_ratio_high": 0.28},
     ]
     for mode in modes:
         config = {**FAST, **mode, "total_steps": 1, "eval_every": 1}
-        trainer = Trainer(TrainConfig(**config), 0, "cpu")
+        trainer = Trainer(replace_paths(TrainConfig(), config), 0, "cpu")
         keys |= set(trainer.train_step()) | set(trainer.initial_eval or trainer.evaluate())
     assert not [key for key in sorted(keys) if find_metric(key) is None]
     assert find_metric("no/such_metric") is None

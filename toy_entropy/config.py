@@ -16,13 +16,18 @@ import math
 import textwrap
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 __all__ = [
     "ConfigError",
     "apply_overrides",
+    "config_paths",
+    "get_path",
+    "replace_paths",
+    "config_from_dict",
     "config_to_dict",
+    "flat_config",
     "config_fields_help",
     "check_choice",
     "check_range",
@@ -83,12 +88,9 @@ def check_fraction(field: str, value: float) -> None:
     check_range(field, value, 0.0, 1.0)
 
 
-def config_fields_help(config_cls: type) -> list[tuple[str, Any, str]]:
-    """``(name, default, help)`` of every field of dataclass ``config_cls``, in field order.
-
-    The help is the field's docstring (the string literal under it in the class body, the
-    project's convention), looked up in the class and its bases.
-    """
+def _field_docs(config_cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body, the project's
+    convention), looked up in the class and its bases."""
     docs: dict[str, str] = {}
     for klass in reversed(config_cls.__mro__):
         try:
@@ -105,17 +107,65 @@ def config_fields_help(config_cls: type) -> list[tuple[str, Any, str]]:
                 and isinstance(following.value.value, str)
             ):
                 docs[statement.target.id] = " ".join(following.value.value.split())
-    defaults = config_cls()
-    return [
-        (f.name, getattr(defaults, f.name), docs.get(f.name, ""))
-        for f in dataclasses.fields(config_cls)
-        if f.repr
-    ]
+    return docs
+
+
+def config_fields_help(config: Any) -> list[tuple[str, Any, str]]:
+    """``(dotted path, value, help)`` of every settable leaf of the dataclass instance
+    ``config`` (see :func:`config_paths`), in field order, sub-configs expanded in place."""
+    docs = _field_docs(type(config))
+    rows: list[tuple[str, Any, str]] = []
+    for f in dataclasses.fields(config):
+        if not f.repr:
+            continue
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += [(f"{f.name}.{path}", v, text) for path, v, text in config_fields_help(value)]
+        else:
+            rows.append((f.name, value, docs.get(f.name, "")))
+    return rows
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """A dataclass config as a plain dict (tuples become lists)."""
+    """A dataclass config as a plain dict (tuples become lists, sub-configs nested dicts)."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def flat_config(config: Any) -> dict[str, Any]:
+    """A dataclass config as ``{dotted path: value}`` (the keys ``--set`` takes), JSON values."""
+
+    def flatten(record: dict[str, Any], prefix: str) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in record.items():
+            if isinstance(value, dict):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[prefix + key] = value
+        return flat
+
+    return flatten(config_to_dict(config), "")
+
+
+def config_from_dict(config_cls: type[T], record: Mapping[str, Any]) -> T:
+    """The dataclass config that :func:`config_to_dict` wrote as ``record`` (sub-configs
+    rebuilt, lists back to tuples where the field is a tuple), validated.
+
+    Raises:
+        ValueError: a key that is not a field of ``config_cls`` (a record of another version).
+    """
+    hints = typing.get_type_hints(config_cls)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    values: dict[str, Any] = {}
+    for name, value in record.items():
+        if name not in names:
+            raise ValueError(f"{name!r} is not a field of {config_cls.__name__}")
+        hint, _ = _strip_optional(hints[name])
+        if _is_config(hint) and isinstance(value, Mapping):
+            value = config_from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return config_cls(**values)
 
 
 def _strip_optional(hint: Any) -> tuple[Any, bool]:
@@ -167,29 +217,86 @@ def _parse_value(field: str, text: str, hint: Any) -> Any:
     return _parse_scalar(field, text, hint)
 
 
+def _is_config(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def config_paths(config_cls: type, prefix: str = "") -> dict[str, Any]:
+    """Every settable leaf of dataclass ``config_cls`` as ``{dotted path: type hint}``.
+
+    A field whose type is itself a dataclass (a sub-config, e.g. ``TrainConfig.loss``) is not a
+    leaf: its fields are, as ``loss.clip_cov_ratio``. Fields declared with ``repr=False``
+    (bookkeeping, not settings) are left out.
+    """
+    hints = typing.get_type_hints(config_cls)
+    paths: dict[str, Any] = {}
+    for f in dataclasses.fields(config_cls):
+        if not f.repr:
+            continue
+        hint = hints[f.name]
+        if _is_config(hint):
+            paths.update(config_paths(hint, f"{prefix}{f.name}."))
+        else:
+            paths[prefix + f.name] = hint
+    return paths
+
+
+def get_path(config: Any, path: str) -> Any:
+    """The value at dotted ``path`` of a (nested) dataclass config."""
+    for name in path.split("."):
+        config = getattr(config, name)
+    return config
+
+
+def replace_paths(config: T, changes: Mapping[str, Any]) -> T:
+    """A copy of dataclass ``config`` with ``{dotted path: value}`` changes, sub-configs
+    rebuilt (and so validated) through ``dataclasses.replace``."""
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in changes.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    for head, sub_changes in nested.items():
+        direct[head] = replace_paths(direct.get(head, getattr(config, head)), sub_changes)
+    return dataclasses.replace(config, **direct)
+
+
+def _unknown_key(key: str, paths: Sequence[str]) -> str:
+    """The did-you-mean part of an unknown-key error: close paths, or the paths that end in
+    ``key`` (``temperature`` -> ``train.temperature``)."""
+    leaf = key.rpartition(".")[2]
+    close = [p for p in paths if p.rpartition(".")[2] == leaf]
+    close += difflib.get_close_matches(key, [p for p in paths if p not in close], n=3, cutoff=0.5)
+    if close:
+        return f"unknown key; did you mean {', '.join(close[:3])}?"
+    return "unknown key; valid keys: " + ", ".join(paths)
+
+
 def apply_overrides(config: T, overrides: Sequence[str]) -> T:
     """Return a copy of dataclass ``config`` with ``key=value`` overrides applied and validated.
 
-    Values are parsed by the field's type hint (``int``, ``float``, ``bool``, ``str``, optional
-    and tuple/list of those, written ``a,b,c``). An unknown key raises :class:`ConfigError`
-    naming the closest valid keys. A ``preset`` override (``TrainConfig``'s scale preset) is
-    applied before the others, which then override the preset's values.
+    Keys are dotted paths into sub-configs (``loss.clip_cov_ratio=1e-3``; in an experiment
+    config ``train.temperature=0.8``). Values are parsed by the field's type hint (``int``,
+    ``float``, ``bool``, ``str``, optional and tuple/list of those, written ``a,b,c``). An
+    unknown key raises :class:`ConfigError` naming the closest valid keys. A ``scale``
+    override (``TrainConfig``'s scale preset, :mod:`toy_entropy.scale_presets`) is applied
+    before the others, which then override the scale's values.
     """
-    hints = typing.get_type_hints(type(config))
-    names = [f.name for f in dataclasses.fields(config)]
+    paths = config_paths(type(config))
     changes: dict[str, Any] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError("--set", item, "expected key=value")
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
-            hint = (
-                f"did you mean {', '.join(close)}?" if close else "valid keys: " + ", ".join(names)
-            )
-            raise ConfigError(key, text, f"unknown key; {hint}")
-        changes[key] = _parse_value(key, text, hints[key])
-    if "preset" in changes and len(changes) > 1:  # first, so that the others override it
-        config = dataclasses.replace(config, preset=changes.pop("preset"))
-    return dataclasses.replace(config, **changes)
+        if key not in paths:
+            raise ConfigError(key, text, _unknown_key(key, list(paths)))
+        changes[key] = _parse_value(key, text, paths[key])
+    scales = {k: v for k, v in changes.items() if k.rpartition(".")[2] == "scale"}
+    if scales and len(changes) > len(scales):  # first, so that the others override it
+        config = replace_paths(config, scales)
+        changes = {k: v for k, v in changes.items() if k not in scales}
+    return replace_paths(config, changes)

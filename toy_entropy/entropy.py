@@ -20,8 +20,8 @@ __all__ = [
     "dataset_entropy",
     "logprob_logit_covariance",
     "predicted_entropy_change",
-    "vanilla_pg_logit_update",
-    "natural_pg_logit_update",
+    "pg_logit_update",
+    "npg_logit_update",
 ]
 
 
@@ -149,10 +149,11 @@ def _expected_advantage(probs: torch.Tensor, action_values: torch.Tensor) -> tor
     return action_values - (probs * action_values).sum(dim=-1, keepdim=True)
 
 
-def vanilla_pg_logit_update(
+def pg_logit_update(
     logits: torch.Tensor, action_values: torch.Tensor, step_size: float
 ) -> torch.Tensor:
-    """Exact expected vanilla policy-gradient logit change of a tabular softmax policy.
+    """Exact expected policy-gradient (REINFORCE, rule "pg") logit change of a tabular softmax
+    policy.
 
     ``dz_a = eta * pi_a * A_a`` with ``A = Q - E_pi Q`` (docs/THEORY.md s.3, Theorem 1).
 
@@ -168,12 +169,13 @@ def vanilla_pg_logit_update(
     return step_size * probs * _expected_advantage(probs, action_values)
 
 
-def natural_pg_logit_update(
+def npg_logit_update(
     logits: torch.Tensor, action_values: torch.Tensor, step_size: float
 ) -> torch.Tensor:
-    """Exact expected natural policy-gradient logit change: ``dz_a = eta * A_a`` (Theorem 2).
+    """Exact expected natural policy-gradient (rule "npg") logit change: ``dz_a = eta * A_a``
+    (Theorem 2).
 
-    Shapes as in :func:`vanilla_pg_logit_update`.
+    Shapes as in :func:`pg_logit_update`.
     """
     probs = torch.softmax(logits, dim=-1)
     return step_size * _expected_advantage(probs, action_values)

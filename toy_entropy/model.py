@@ -1,6 +1,6 @@
 """A small decoder-only transformer policy (nanoGPT style) with logits at every position.
 
-The model in one file: :class:`GPTConfig` (with named :data:`PRESETS`),
+The model in one file: :class:`GPTConfig` (with named :data:`MODEL_SIZES`),
 :class:`CausalSelfAttention`, :class:`MLP`, :class:`Block` and :class:`GPT`. Unlike nanoGPT's
 ``forward``, :meth:`GPT.forward` returns next-token logits at *every* position, because RL scores
 every response token. :meth:`GPT.generate` samples with a key/value cache;
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 __all__ = [
     "EOS_CHECK_EVERY",
     "GPTConfig",
-    "PRESETS",
+    "MODEL_SIZES",
     "KVCache",
     "CausalSelfAttention",
     "MLP",
@@ -69,23 +69,23 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: object) -> GPTConfig:
-        """Config of the preset ``name`` (a key of :data:`PRESETS`) with fields overridden.
+    def from_size(cls, name: str, **overrides: object) -> GPTConfig:
+        """Config of the model size ``name`` (a key of :data:`MODEL_SIZES`) with fields overridden.
 
-        Example: ``GPTConfig.from_preset("cpu-micro", vocab_size=16, block_size=24)``.
+        Example: ``GPTConfig.from_size("cpu-micro", vocab_size=16, block_size=24)``.
         """
-        if name not in PRESETS:
-            raise ValueError(f"unknown GPT preset {name!r}; choose one of {sorted(PRESETS)}")
+        if name not in MODEL_SIZES:
+            raise ValueError(f"unknown model size {name!r}; choose one of {sorted(MODEL_SIZES)}")
         unknown = set(overrides) - set(asdict(cls()))
         if unknown:
             raise ValueError(
-                f"GPTConfig.from_preset: unknown field(s) {sorted(unknown)}; "
+                f"GPTConfig.from_size: unknown field(s) {sorted(unknown)}; "
                 f"allowed: {sorted(asdict(cls()))}"
             )
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**MODEL_SIZES[name], **overrides})
 
 
-PRESETS: dict[str, dict[str, int]] = {
+MODEL_SIZES: dict[str, dict[str, int]] = {
     # CPU toys. vocab_size / block_size are defaults; tasks override them.
     "cpu-nano": dict(n_layer=2, n_head=2, n_embd=32, vocab_size=64, block_size=64),
     "cpu-micro": dict(n_layer=3, n_head=3, n_embd=48, vocab_size=64, block_size=64),  # gpt-nano
@@ -97,7 +97,7 @@ PRESETS: dict[str, dict[str, int]] = {
     "gpu-30m": dict(n_layer=8, n_head=8, n_embd=512, vocab_size=16384, block_size=512),
     "gpu-100m": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=16384, block_size=1024),
 }
-"""Named model sizes for :meth:`GPTConfig.from_preset`."""
+"""Named model sizes for :meth:`GPTConfig.from_size`."""
 
 
 EOS_CHECK_EVERY = 16

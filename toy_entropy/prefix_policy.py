@@ -41,9 +41,9 @@ import torch.nn as nn
 
 from toy_entropy.entropy import (
     entropy_from_logits,
-    natural_pg_logit_update,
+    npg_logit_update,
+    pg_logit_update,
     predicted_entropy_change,
-    vanilla_pg_logit_update,
 )
 from toy_entropy.model import sample_categorical
 
@@ -350,9 +350,9 @@ class PrefixPolicy(nn.Module):
             logits = self.logits
             q_values, _ = self.action_values(rewards, logits)
             if rule == "npg":
-                return natural_pg_logit_update(logits, q_values, step_size)
+                return npg_logit_update(logits, q_values, step_size)
             scale = self.reach_probs(logits)[..., None] / self.num_prompts  # (P, S, 1)
-            return scale * vanilla_pg_logit_update(logits, q_values, step_size)
+            return scale * pg_logit_update(logits, q_values, step_size)
 
     def sampled_update(
         self,

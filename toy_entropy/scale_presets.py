@@ -1,18 +1,18 @@
 """Scale presets of the sequence trainer: one field moves a run from the CPU toy to GPU sizes.
 
-``TrainConfig(preset="gpu-small")`` (on the command line ``--set preset=gpu-small``) sets the
+``TrainConfig(scale="gpu-small")`` (on the command line ``--set scale=gpu-small``) sets the
 vocabulary (task tokens plus distractors), the task's answer length, the model, the batch, the
 memory knobs and bf16 autocast together. The code path is the same for every preset: only
 sizes and knobs change.
 
 Resolution rule (:func:`apply_scale_preset`, run first in ``TrainConfig.__post_init__``): a
 field *follows* the preset while it holds the value that the preset the config was last
-resolved from gave it (``preset_resolved``; for a fresh config, the class default); choosing a
+resolved from gave it (``scale_resolved``; for a fresh config, the class default); choosing a
 preset moves the fields that follow to the new preset's values, and every other field keeps its
-value. So explicit values win, in the Python API (``TrainConfig(preset="gpu-small",
-num_prompts=64)``) as on the command line, where ``--set preset=...`` is applied before the
+value. So explicit values win, in the Python API (``TrainConfig(scale="gpu-small",
+num_prompts=64)``) as on the command line, where ``--set scale=...`` is applied before the
 other ``--set`` overrides (:func:`toy_entropy.config.apply_overrides`):
-``--set preset=gpu-small --set num_mini_batches=1`` runs gpu-small with one mini-batch. The
+``--set scale=gpu-small --set num_mini_batches=1`` runs gpu-small with one mini-batch. The
 one exception: in a single constructor call, a field given its class default explicitly next to
 the preset is indistinguishable from an unset one and takes the preset's value.
 
@@ -36,6 +36,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from toy_entropy.config import get_path, replace_paths
+
 __all__ = ["SCALE_PRESETS", "apply_scale_preset", "parse_task_kwargs"]
 
 _GPU_COMMON: dict[str, Any] = dict(
@@ -46,7 +48,7 @@ _GPU_COMMON: dict[str, Any] = dict(
     bf16=True,
     eval_prompts=64,
     eval_samples=8,
-    warmstart_lr=1e-3,
+    **{"warmstart.learning_rate": 1e-3},
 )
 
 SCALE_PRESETS: dict[str, dict[str, Any]] = {
@@ -55,7 +57,7 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
         _GPU_COMMON,
         task_kwargs="list_length=255,num_values=1000",
         extra_tokens=8192 - 1004,  # 1000 values, '=', pad, bos, eos
-        model_preset="gpu-10m",
+        model_size="gpu-10m",
         learning_rate=3e-4,
         num_mini_batches=4,
         micro_batch_size=64,
@@ -66,7 +68,7 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
         _GPU_COMMON,
         task_kwargs="list_length=511,num_values=2000",
         extra_tokens=16384 - 2004,
-        model_preset="gpu-30m",
+        model_size="gpu-30m",
         learning_rate=1e-4,
         num_mini_batches=8,
         micro_batch_size=32,
@@ -77,7 +79,7 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
         _GPU_COMMON,
         task_kwargs="list_length=1023,num_values=4000",
         extra_tokens=32768 - 4004,
-        model_preset="gpu-100m",
+        model_size="gpu-100m",
         learning_rate=3e-5,
         num_mini_batches=16,
         micro_batch_size=8,
@@ -85,35 +87,51 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
         probe_states=4,
     ),
 }
-"""Field values of each preset; ``cpu`` is the TrainConfig defaults."""
+"""Field values of each preset by dotted path (``warmstart.learning_rate``); ``cpu`` is the
+TrainConfig defaults."""
+
+
+def _class_default(config_cls: type, path: str) -> Any:
+    """The value at dotted ``path`` of a default-constructed ``config_cls``, read from the field
+    defaults (``config_cls()`` itself would resolve a preset)."""
+    head, _, rest = path.partition(".")
+    field = next(f for f in dataclasses.fields(config_cls) if f.name == head)
+    value = field.default_factory() if field.default is dataclasses.MISSING else field.default
+    return get_path(value, rest) if rest else value
 
 
 def apply_scale_preset(config: Any) -> None:
-    """Move the fields that follow the preset to ``config.preset``'s values, in place.
+    """Move the fields that follow the scale preset to ``config.scale``'s values, in place.
 
-    A field follows the preset while it equals the value that ``config.preset_resolved`` (the
+    A field follows the preset while it equals the value that ``config.scale_resolved`` (the
     preset the config was last resolved from) gives it, the class default where that preset
-    names no value; afterwards ``preset_resolved`` is ``preset``.
+    names no value; afterwards ``scale_resolved`` is ``scale``.
 
     Args:
-        config: a ``TrainConfig`` (or subclass) instance with ``preset`` and
-            ``preset_resolved`` among :data:`SCALE_PRESETS`.
+        config: a ``TrainConfig`` (or subclass) instance with ``scale`` and
+            ``scale_resolved`` among :data:`SCALE_PRESETS`.
 
     Raises:
         ValueError: unknown preset name.
     """
-    for field in ("preset", "preset_resolved"):
+    for field in ("scale", "scale_resolved"):
         if getattr(config, field) not in SCALE_PRESETS:
             raise ValueError(
                 f"{field}={getattr(config, field)!r} is invalid: expected one of "
                 + ", ".join(map(repr, SCALE_PRESETS))
             )
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    old, new = SCALE_PRESETS[config.preset_resolved], SCALE_PRESETS[config.preset]
-    for name in {**old, **new}:
-        if getattr(config, name) == old.get(name, defaults[name]):
-            setattr(config, name, new.get(name, defaults[name]))
-    config.preset_resolved = config.preset
+    old, new = SCALE_PRESETS[config.scale_resolved], SCALE_PRESETS[config.scale]
+    moves = {}
+    for path in {**old, **new}:
+        default = _class_default(type(config), path)
+        if get_path(config, path) == old.get(path, default):
+            moves[path] = new.get(path, default)
+    for path, value in moves.items():  # in place: replacing config would resolve it again
+        head, _, rest = path.partition(".")
+        setattr(
+            config, head, replace_paths(getattr(config, head), {rest: value}) if rest else value
+        )
+    config.scale_resolved = config.scale
 
 
 def _parse_value(text: str) -> Any:

@@ -16,8 +16,8 @@ import torch
 
 from toy_entropy.entropy import (
     entropy_from_logits,
-    natural_pg_logit_update,
-    vanilla_pg_logit_update,
+    npg_logit_update,
+    pg_logit_update,
 )
 
 __all__ = [
@@ -55,7 +55,7 @@ def expected_logit_update(
             f"logits shape {tuple(logits.shape)} must equal reward_means shape "
             f"{tuple(reward_means.shape)}"
         )
-    update = vanilla_pg_logit_update if rule == "pg" else natural_pg_logit_update
+    update = pg_logit_update if rule == "pg" else npg_logit_update
     return update(logits, reward_means, step_size)
 
 
@@ -145,7 +145,7 @@ def pg_ode_logits(
     """
 
     def velocity(z: torch.Tensor) -> torch.Tensor:
-        return vanilla_pg_logit_update(z, reward_means, 1.0)
+        return pg_logit_update(z, reward_means, 1.0)
 
     h = step_size / substeps
     z = initial_logits.clone()

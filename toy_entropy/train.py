@@ -3,7 +3,7 @@
     python -m toy_entropy.train --out runs/one --set total_steps=20
     torchrun --nproc_per_node 2 -m toy_entropy.train --out runs/two --set total_steps=20
     torchrun --nproc_per_node 8 -m toy_entropy.train --device cuda --out runs/big \\
-        --set preset=gpu-large
+        --set scale=gpu-large
     torchrun --nproc_per_node 2 -m toy_entropy.train --resume runs/two --set total_steps=20
 
 With N ranks (gloo on CPU, nccl on CUDA, one GPU per rank) the run trains as one process on
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="TrainConfig field, e.g. --set preset=gpu-small (repeatable)",
+        help="TrainConfig field, e.g. --set scale=gpu-small (repeatable)",
     )
     parser.add_argument(
         "--dist-timeout",

@@ -24,7 +24,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,7 @@ from toy_entropy.losses import (
     masked_token_covariance,
     select_tokens,
 )
-from toy_entropy.model import GPT, PRESETS, GPTConfig
+from toy_entropy.model import GPT, MODEL_SIZES, GPTConfig
 from toy_entropy.parallel import DataParallel, HiddenStates, mini_batch_rows, stratum_groups
 from toy_entropy.rollout import Rollout, RolloutHook, RolloutStats, UpdateProbe
 from toy_entropy.scale_presets import SCALE_PRESETS, apply_scale_preset, parse_task_kwargs
@@ -93,17 +93,10 @@ class TrainConfig:
     """sequence task: countdown, addition, reverse, sort, hard_prompt"""
     extra_tokens: int = 0
     """distractor tokens added to the task's vocabulary"""
-    model_preset: str = "cpu-nano"
-    """transformer size (toy_entropy.model.PRESETS)"""
-    warmstart_steps: int = 300
-    """supervised warm-start steps on noisy demonstrations"""
-    warmstart_noise: float = 0.6
-    """fraction of warm-start demonstrations that are corrupted (sets starting accuracy)"""
-    warmstart_lr: float = 3e-3
-    """warm-start learning rate"""
-    warmstart_seed: int = -1
-    """seed of the warm start (-1: the run's seed); runs sharing it start from one model, as RL
-    runs of a paper start from one base model"""
+    model_size: str = "cpu-nano"
+    """transformer size (toy_entropy.model.MODEL_SIZES)"""
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """the supervised warm start on noisy demonstrations that makes the starting policy"""
     total_steps: int = 60
     """RL steps (one rollout each)"""
     num_prompts: int = 16
@@ -128,30 +121,8 @@ class TrainConfig:
     """AdamW weight decay"""
     max_grad_norm: float = 1.0
     """gradient clipping (0 disables)"""
-    loss_mode: str = "vanilla"
-    """pg, vanilla (PPO), clip_cov, kl_cov"""
-    clip_ratio_low: float = 0.2
-    """PPO lower clip, a fraction"""
-    clip_ratio_high: float = 0.2
-    """PPO upper clip, a fraction (0.28 = clip-higher)"""
-    clip_cov_ratio: float = 2e-4
-    """Clip-Cov: fraction of valid tokens whose gradient is removed"""
-    clip_cov_lb: float = 1.0
-    """Clip-Cov: lower covariance bound of candidates"""
-    clip_cov_ub: float = 5.0
-    """Clip-Cov: upper covariance bound of candidates"""
-    kl_cov_ratio: float = 2e-3
-    """KL-Cov: fraction of valid tokens with the largest covariance that get the penalty"""
-    ppo_kl_coef: float = 1.0
-    """KL-Cov: coefficient of |log pi - log pi_old| on selected tokens"""
-    loss_agg_mode: str = "token-mean"
-    """token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm"""
-    entropy_coeff: float = 0.0
-    """entropy bonus coefficient"""
-    kl_loss_coef: float = 0.0
-    """KL penalty to the frozen warm-started reference policy"""
-    kl_loss_type: str = "k3"
-    """KL estimator: k1, k2, k3, abs"""
+    loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    """the policy loss: PPO / Clip-Cov / KL-Cov, aggregation, entropy bonus, reference KL"""
     eval_every: int = 10
     """evaluate on held-out prompts every this many steps (and at the end)"""
     eval_prompts: int = 64
@@ -174,11 +145,11 @@ class TrainConfig:
     """under skip: stop after this many roll-backs without a good new state in between"""
     rollout_seed_offset: int = 0
     """added to the run seed for the rollout randomness (the warm start uses the run seed)"""
-    preset: str = "cpu"
+    scale: str = "cpu"
     """scale preset: cpu, gpu-small, gpu-medium, gpu-large (toy_entropy.scale_presets); sets
     the fields it names unless they were given other values"""
-    preset_resolved: str = field(default="cpu", repr=False)
-    """kept by the config: the preset its fields were last resolved from (do not set)"""
+    scale_resolved: str = field(default="cpu", repr=False)
+    """kept by the config: the scale its fields were last resolved from (do not set)"""
     task_kwargs: str = ""
     """task size arguments as key=value pairs, e.g. list_length=255,num_values=1000"""
     chunked_log_probs: bool = True
@@ -196,16 +167,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from toy_entropy.envs.sequence import TASKS
 
-        check_choice("preset", self.preset, SCALE_PRESETS)
-        check_choice("preset_resolved", self.preset_resolved, SCALE_PRESETS)
+        check_choice("scale", self.scale, SCALE_PRESETS)
+        check_choice("scale_resolved", self.scale_resolved, SCALE_PRESETS)
         apply_scale_preset(self)
         check_choice("task", self.task, sorted(TASKS))
         check_range("extra_tokens", self.extra_tokens, 0)
-        check_choice("model_preset", self.model_preset, sorted(PRESETS))
-        check_range("warmstart_steps", self.warmstart_steps, 0)
-        check_range("warmstart_noise", self.warmstart_noise, 0, 1)
-        check_range("warmstart_lr", self.warmstart_lr, 0, low_inclusive=False)
-        check_range("warmstart_seed", self.warmstart_seed, -1)
+        check_choice("model_size", self.model_size, sorted(MODEL_SIZES))
         for name in ("total_steps", "num_prompts", "num_iterations", "num_mini_batches"):
             check_positive_int(name, getattr(self, name))
         check_range("num_generations", self.num_generations, 2)
@@ -238,10 +205,6 @@ class TrainConfig:
                 self.micro_batch_size,
                 f"must divide the mini-batch of {mini} rows (or be 0)",
             )
-        try:
-            self.loss_config()
-        except ValueError as error:
-            raise ConfigError("loss", "", str(error)) from None
         check_range("log_prob_chunk_tokens", self.log_prob_chunk_tokens, 0)
         check_range("rollout_micro_batch_size", self.rollout_micro_batch_size, 0)
         if self.task_kwargs:
@@ -253,12 +216,6 @@ class TrainConfig:
     def task_args(self) -> dict:
         """``task_kwargs`` parsed into keyword arguments of ``make_task``."""
         return parse_task_kwargs(self.task_kwargs)
-
-    def loss_config(self) -> PolicyLossConfig:
-        """The policy-loss config made of this config's loss fields."""
-        names = {f.name for f in fields(PolicyLossConfig)}
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in names}
-        return PolicyLossConfig(**values)
 
 
 @dataclass
@@ -379,7 +336,7 @@ class Trainer:
     ) -> None:
         self.config, self.seed, self.device = config, seed, torch.device(device)
         self.rollout_hooks, self.update_probes = tuple(rollout_hooks), tuple(update_probes)
-        self.warm_seed = seed if config.warmstart_seed < 0 else config.warmstart_seed
+        self.warm_seed = seed if config.warmstart.seed < 0 else config.warmstart.seed
         self.log_fn, self.writer = log_fn, writer
         self.checkpoint_dir = checkpoint_dir
         self.parallel = parallel or DataParallel()
@@ -388,21 +345,22 @@ class Trainer:
         vocab = self.task.vocab
         self.prompt_length = self.task.prompt_length
         self.response_length = self.task.max_response_length
-        model_config = GPTConfig.from_preset(
-            config.model_preset,
+        model_config = GPTConfig.from_size(
+            config.model_size,
             vocab_size=vocab.size,
             block_size=self.prompt_length + self.response_length,
         )
         check_memory(config, model_config, self.parallel.world_size, self.device)
-        warm = WarmStartConfig(
-            steps=config.warmstart_steps,
-            learning_rate=config.warmstart_lr,
-            noise=config.warmstart_noise,
-        )
         task_spec = {"name": config.task, "extra_tokens": config.extra_tokens}
         task_spec.update(config.task_args())
         self.model, self.warm_from_cache = warm_start(
-            self.task, task_spec, model_config, warm, self.warm_seed, self.device, show_progress
+            self.task,
+            task_spec,
+            model_config,
+            config.warmstart,
+            self.warm_seed,
+            self.device,
+            show_progress,
         )
         # The loss forward; under DDP its construction broadcasts rank 0's parameters.
         self.policy = self.parallel.wrap(HiddenStates(self.model), self.device)
@@ -410,11 +368,11 @@ class Trainer:
         if config.compile:
             self.policy, self.scorer = torch.compile(self.policy), torch.compile(self.scorer)
         self.reference = None
-        if config.kl_loss_coef > 0:
+        if config.loss.kl_loss_coef > 0:
             self.reference = GPT(model_config).to(self.device).eval()
             self.reference.load_state_dict(self.model.state_dict())
             self.reference.requires_grad_(False)
-        self.loss_config = config.loss_config()
+        self.loss_config = config.loss
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -698,7 +656,7 @@ class Trainer:
                         take["tokens"][part],
                         take["attention"][part],
                         take["responses"][part],
-                        with_entropy=bool(cfg.entropy_coeff),
+                        with_entropy=bool(self.loss_config.entropy_coeff),
                     )
                     loss, metrics = compute_policy_loss(
                         self.loss_config,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from toy_entropy import interrupts
 from toy_entropy.checkpoint import atomic_torch_save
+from toy_entropy.config import check_positive_int, check_range
 from toy_entropy.model import GPT, GPTConfig
 
 __all__ = [
@@ -37,18 +38,30 @@ __all__ = [
 
 @dataclass(frozen=True)
 class WarmStartConfig:
-    """How the pretrained-like policy is made."""
+    """How the pretrained-like policy is made: supervised steps on noisy demonstrations."""
 
     steps: int = 300
-    """optimiser steps of supervised training"""
+    """optimiser steps of supervised training (0: the random initial model)"""
     batch_size: int = 64
     """demonstrations per step"""
     learning_rate: float = 3e-3
     """AdamW learning rate"""
-    noise: float = 0.5
-    """fraction of demonstrations replaced by a corrupted (wrong) answer, in [0, 1]"""
+    noise: float = 0.6
+    """fraction of demonstrations replaced by a corrupted (wrong) answer, in [0, 1]; sets the
+    starting accuracy"""
     corrupt_tokens: int = 1
     """answer tokens swapped in a corrupted demonstration"""
+    seed: int = -1
+    """seed of the warm start (-1: the run's seed); runs sharing it start from one model, as RL
+    runs of a paper start from one base model"""
+
+    def __post_init__(self) -> None:
+        check_range("warmstart.steps", self.steps, 0)
+        check_positive_int("warmstart.batch_size", self.batch_size)
+        check_range("warmstart.learning_rate", self.learning_rate, 0, low_inclusive=False)
+        check_range("warmstart.noise", self.noise, 0, 1)
+        check_positive_int("warmstart.corrupt_tokens", self.corrupt_tokens)
+        check_range("warmstart.seed", self.seed, -1)
 
 
 def cache_dir() -> Path:
@@ -112,9 +125,9 @@ def _cache_key(
     """A hash of everything that changes the warm start's bytes: its inputs, the torch version
     and the device type (on the CPU it always trains on one thread, see :func:`warm_start`)."""
     where = {"device": torch.device(device).type, "torch": torch.__version__}
+    recipe = {k: v for k, v in asdict(config).items() if k != "seed"}  # the resolved seed is keyed
     blob = json.dumps(
-        {"task": task_spec, "model": asdict(model_config), "warm": asdict(config), "seed": seed,
-         **where},
+        {"task": task_spec, "model": asdict(model_config), "warm": recipe, "seed": seed, **where},
         sort_keys=True,
         default=str,
     )  # fmt: skip
