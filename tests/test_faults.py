@@ -310,7 +310,9 @@ def test_sigint_stops_a_sweep_cleanly_and_it_resumes_to_the_same_result(
     _assert_each_step_once(out / "reverse" / "seed0")
 
 
-def test_sigkill_of_a_sweep_parent_leaves_no_worker(tmp_path, cache):
+def test_sigkill_of_a_sweep_parent_leaves_no_worker_and_it_resumes(
+    tmp_path, cache, uninterrupted_sweep
+):
     out = tmp_path / "killed"
     run = _cli([*SWEEP, "--out", str(out)], cache, stderr=subprocess.DEVNULL)
     _wait_for_rows(out / "reverse" / "seed0" / "metrics.jsonl", 2, run)
@@ -322,6 +324,12 @@ def test_sigkill_of_a_sweep_parent_leaves_no_worker(tmp_path, cache):
     while time.time() < deadline and [pid for pid in workers if _alive(pid)]:
         time.sleep(0.1)
     assert not [pid for pid in workers if _alive(pid)]
+    # No checkpoint was written (checkpoint_every=0): the killed runs start over on --resume.
+    assert _cli(["run", "collapse", "--resume", str(out), "--quiet"], cache).wait(300) == 0
+    for seed in ("seed0", "seed1"):
+        ours = (out / "reverse" / seed / "metrics.jsonl").read_text()
+        assert ours == (uninterrupted_sweep / "reverse" / seed / "metrics.jsonl").read_text()
+    _assert_each_step_once(out / "reverse" / "seed0")
 
 
 def test_sigterm_checkpoints_a_single_run_and_it_resumes_to_the_same_result(tmp_path, cache):
