@@ -56,6 +56,7 @@ __all__ = [
     "SELECTIONS",
     "CANDIDATE_RULES",
     "SCORES",
+    "ADVANTAGES",
 ]
 
 SELECTIONS = ("none", "clip_cov", "kl_cov")
@@ -64,6 +65,7 @@ CANDIDATE_RULES = ("random", "top")
 SCORES = ("natural", "vanilla")
 """The covariance that ranks tokens: Theorem 2 (natural PG) or Theorem 1 (vanilla PG)."""
 STD_EPS = 1e-6  # as compute_advantages("grpo")
+ADVANTAGES = ("grpo", "dr_grpo")
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,11 @@ class TokenTable:
 
 
 @torch.no_grad()
-def token_table(policy: PrefixPolicy, rewards: torch.Tensor) -> TokenTable:
+def token_table(policy: PrefixPolicy, rewards: torch.Tensor, advantage: str = "grpo") -> TokenTable:
     """The exact token batch of ``policy`` under ``rewards`` (P, R), see the module docstring.
+
+    ``advantage="grpo"`` gives ``(R - mu_p) / (sigma_p + 1e-6)``; ``"dr_grpo"`` gives
+    ``R - mu_p`` (no std normalisation: the gradient of the plain expected reward).
 
     Raises:
         ValueError: every prompt's rewards are constant under the policy (nothing to learn).
@@ -97,7 +102,10 @@ def token_table(policy: PrefixPolicy, rewards: torch.Tensor) -> TokenTable:
     rewards = rewards.to(probs.dtype)
     mean = (probs * rewards).sum(dim=1, keepdim=True)  # (P, 1)
     std = (probs * (rewards - mean) ** 2).sum(dim=1, keepdim=True).sqrt()  # (P, 1)
-    advantage = (rewards - mean) / (std + STD_EPS)  # (P, R)
+    if advantage not in ADVANTAGES:
+        raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
+    centred = rewards - mean  # (P, R)
+    advantages = centred / (std + STD_EPS) if advantage == "grpo" else centred  # (P, R)
     kept = (std > 1e-12).to(probs.dtype)  # (P, 1): the all-equal group filter's limit
     if not kept.any():
         raise ValueError("token_table: every prompt has a constant reward; nothing to learn")
@@ -111,10 +119,10 @@ def token_table(policy: PrefixPolicy, rewards: torch.Tensor) -> TokenTable:
     atom = torch.arange(P, device=index.device)[:, None, None] * (S * V) + index  # (P, R, L)
     valid = mask.expand(P, -1, -1)  # (P, R, L)
     weight, log_prob, atom = weight[valid], log_prob[valid], atom[valid]  # (n,)
-    advantage = advantage[:, :, None].expand(-1, -1, mask.shape[1])[valid]  # (n,)
-    lp_mean, a_mean = (weight * log_prob).sum(), (weight * advantage).sum()
-    cov = (log_prob - lp_mean) * (advantage - a_mean)
-    return TokenTable(atom, weight, log_prob, advantage, cov)
+    token_advantage = advantages[:, :, None].expand(-1, -1, mask.shape[1])[valid]  # (n,)
+    lp_mean, a_mean = (weight * log_prob).sum(), (weight * token_advantage).sum()
+    cov = (log_prob - lp_mean) * (token_advantage - a_mean)
+    return TokenTable(atom, weight, log_prob, token_advantage, cov)
 
 
 def with_score(table: TokenTable, score: str) -> TokenTable:
@@ -273,7 +281,8 @@ def optimum_distance(policy: PrefixPolicy, rewards: torch.Tensor) -> float:
     the prompts: 0 at the optimum, ``log(1/J)`` away from it.
     """
     success = (policy.response_probs() * rewards.to(policy.logits.dtype)).sum(dim=1)  # (P,)
-    return float(-success.log().mean())
+    distance = -success.clamp(max=1.0).log().mean()  # the clamp absorbs rounding above 1
+    return float(distance) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 @torch.no_grad()
@@ -292,6 +301,7 @@ def expected_run(
     score: str = "natural",
     ratio_schedule: Callable[[int], float] | None = None,
     entropy_coeff: float = 0.0,
+    advantage: str = "grpo",
     record: Callable[[PrefixPolicy], dict[str, float]] | None = None,
 ) -> dict[str, list[float]]:
     """``steps`` exact expected updates from the policy's current logits (restored after).
@@ -306,6 +316,7 @@ def expected_run(
         ratio_schedule: step -> multiplier of ``ratio`` (e.g. an annealing to 0); None: 1.
         entropy_coeff: coefficient of an entropy bonus added to each update
             (:func:`entropy_bonus_update`).
+        advantage: ``"grpo"`` or ``"dr_grpo"`` (:func:`token_table`).
         record: extra per-step values of the policy, appended under their keys.
 
     Returns per-step lists (``steps + 1`` entries, the start included) of ``entropy`` (nats,
@@ -321,7 +332,7 @@ def expected_run(
             for key, value in (record(policy) if record is not None else {}).items():
                 curves.setdefault(key, []).append(value)
             try:
-                table = token_table(policy, rewards)
+                table = token_table(policy, rewards, advantage)
             except ValueError:  # every prompt's reward is constant: the filter leaves nothing
                 table = None
             curves["cov_mean"].append(
