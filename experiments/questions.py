@@ -214,7 +214,7 @@ def band_part(config: QuestionsConfig, context: RunContext) -> dict:
             [f"{cell['lower']:g}", f"{cell['upper']:g}", cell["candidates"]]
             + [f"{p['cells'][i]['entropy_ratio']:.3f}" for p in profiles]
             + [f"{cell['reward_gain']:+.4f}", f"{cell['removed']:.1e}",
-               f"{cell['max_rise']:+.4f}", f"{cell['roughness']:.4f}"]
+               f"{cell['max_rise']:+.1e}", f"{cell['roughness']:.4f}"]
         )  # fmt: skip
     title = (f"Clip-Cov band x candidates, r = {config.band_ratio:g}, exact (GRPO's 10% step "
              f"{', '.join(str(p['stop_step']) for p in profiles)}; horizon x"
@@ -597,6 +597,7 @@ def _figure(parts: dict, out_dir) -> object | None:
                               label=f"{_band_name(cell['lower'], cell['upper'])} "
                                     f"{cell['candidates']}")  # fmt: skip
             axis.axvline(profile["stop_step"], color="grey", linewidth=0.5)
+            axis.set_yscale("log")
             axis.set_title(f"Clip-Cov band, eps {profile['eps']:g}", fontsize=9)
             axis.set_xlabel("expected update")
             axis.set_ylabel("H(pi, D) (nats)")

@@ -28,6 +28,7 @@ from toy_entropy.local_selection import (
 )
 from toy_entropy.losses.config import PolicyLossConfig
 from toy_entropy.losses.diagnostics import count_of_fraction
+from toy_entropy.metrics_table import find_metric
 from toy_entropy.prefix_policy import PrefixPolicy
 from toy_entropy.units import KNOBS, selected_count, units_rows
 
@@ -264,4 +265,5 @@ def test_questions_run_end_to_end(tmp_path):
     assert len(titles) == 3 and titles[2].startswith("One knob")
     rows = [json.loads(line) for line in (out / "band/eps0/lb1_ub5_top/metrics.jsonl").open()]
     assert rows[0]["step"] == 0 and {"entropy", "reward", "exact/removed"} <= set(rows[0])
+    assert all(find_metric(key) is not None for key in rows[0] if key != "step")
     assert (out / "questions.png").exists()
