@@ -26,6 +26,7 @@ EXPERIMENT_MODULES = (
     "toy_entropy.experiments.lesson",
     "toy_entropy.experiments.cure",
     "toy_entropy.experiments.cure_exact",
+    "toy_entropy.experiments.questions",
 )
 """Modules that define experiments (each with one or more ``@experiment`` functions)."""
 

@@ -9,13 +9,20 @@ sampled token's log-prob ``lp`` and the exact GRPO advantage ``A = (R - mu_p) / 
 algorithms (THEORY.md s.4) is ``cov = (lp - E_w lp)(A - E_w A)``, and a selection rule becomes
 the expected fraction of each atom's gradient that it keeps:
 
-- Clip-Cov (r, lb, ub): atoms with ``lb < cov < ub`` are candidates; ``n = r N`` of the N
-  tokens are removed uniformly among the candidates, so each candidate loses a share
-  ``min(1, r / m)`` of its gradient, m the candidates' weight;
+- Clip-Cov (r, lb, ub): atoms with ``lb < cov < ub`` are candidates (either bound may be
+  infinite); ``n = r N`` of the N tokens are removed among the candidates: uniformly at random
+  (the reference code), so each candidate loses a share ``min(1, r / m)`` of its gradient, m
+  the candidates' weight, or (``candidates="top"``) the candidates of largest covariance,
+  the top weight r of them;
 - KL-Cov (k), in its strong-penalty limit: the top weight k of the atoms by covariance is
   held at its rollout log-prob, i.e. keeps no policy gradient (the atom at the boundary keeps
   the rest of its weight). With beta = 1 and |A| > 1 the real penalty holds less; this is the
   limit that isolates what the selection itself does.
+
+The covariance that ranks the tokens is Theorem 2's ``Cov(log pi, A)`` (``score="natural"``,
+what the algorithms use) or Theorem 1's ``Cov(log pi, pi A)`` (``score="vanilla"``, the
+covariance that drives the entropy change of a plain policy-gradient step), per token
+``(lp - E_w lp)(p A - E_w[p A])`` with ``p = exp(lp)`` (:func:`with_score`).
 
 The expected update of the token-mean surrogate ``sum_i w_i keep_i A_i log pi(y_i | s_i)`` is,
 per state s and action a, with ``M(s, a) = sum_{i at (s, a)} w_i keep_i A_i`` and
@@ -27,8 +34,8 @@ sampling noise enters anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -43,11 +50,22 @@ __all__ = [
     "keep_fraction",
     "expected_logit_update",
     "expected_run",
+    "with_score",
+    "entropy_bonus_update",
+    "optimum_distance",
     "SELECTIONS",
+    "CANDIDATE_RULES",
+    "SCORES",
+    "ADVANTAGES",
 ]
 
 SELECTIONS = ("none", "clip_cov", "kl_cov")
+CANDIDATE_RULES = ("random", "top")
+"""How Clip-Cov picks its r N tokens among the candidates: uniformly, or largest covariance."""
+SCORES = ("natural", "vanilla")
+"""The covariance that ranks tokens: Theorem 2 (natural PG) or Theorem 1 (vanilla PG)."""
 STD_EPS = 1e-6  # as compute_advantages("grpo")
+ADVANTAGES = ("grpo", "dr_grpo")
 
 
 @dataclass(frozen=True)
@@ -70,8 +88,11 @@ class TokenTable:
 
 
 @torch.no_grad()
-def token_table(policy: PrefixPolicy, rewards: torch.Tensor) -> TokenTable:
+def token_table(policy: PrefixPolicy, rewards: torch.Tensor, advantage: str = "grpo") -> TokenTable:
     """The exact token batch of ``policy`` under ``rewards`` (P, R), see the module docstring.
+
+    ``advantage="grpo"`` gives ``(R - mu_p) / (sigma_p + 1e-6)``; ``"dr_grpo"`` gives
+    ``R - mu_p`` (no std normalisation: the gradient of the plain expected reward).
 
     Raises:
         ValueError: every prompt's rewards are constant under the policy (nothing to learn).
@@ -81,7 +102,10 @@ def token_table(policy: PrefixPolicy, rewards: torch.Tensor) -> TokenTable:
     rewards = rewards.to(probs.dtype)
     mean = (probs * rewards).sum(dim=1, keepdim=True)  # (P, 1)
     std = (probs * (rewards - mean) ** 2).sum(dim=1, keepdim=True).sqrt()  # (P, 1)
-    advantage = (rewards - mean) / (std + STD_EPS)  # (P, R)
+    if advantage not in ADVANTAGES:
+        raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
+    centred = rewards - mean  # (P, R)
+    advantages = centred / (std + STD_EPS) if advantage == "grpo" else centred  # (P, R)
     kept = (std > 1e-12).to(probs.dtype)  # (P, 1): the all-equal group filter's limit
     if not kept.any():
         raise ValueError("token_table: every prompt has a constant reward; nothing to learn")
@@ -95,10 +119,27 @@ def token_table(policy: PrefixPolicy, rewards: torch.Tensor) -> TokenTable:
     atom = torch.arange(P, device=index.device)[:, None, None] * (S * V) + index  # (P, R, L)
     valid = mask.expand(P, -1, -1)  # (P, R, L)
     weight, log_prob, atom = weight[valid], log_prob[valid], atom[valid]  # (n,)
-    advantage = advantage[:, :, None].expand(-1, -1, mask.shape[1])[valid]  # (n,)
-    lp_mean, a_mean = (weight * log_prob).sum(), (weight * advantage).sum()
-    cov = (log_prob - lp_mean) * (advantage - a_mean)
-    return TokenTable(atom, weight, log_prob, advantage, cov)
+    token_advantage = advantages[:, :, None].expand(-1, -1, mask.shape[1])[valid]  # (n,)
+    lp_mean, a_mean = (weight * log_prob).sum(), (weight * token_advantage).sum()
+    cov = (log_prob - lp_mean) * (token_advantage - a_mean)
+    return TokenTable(atom, weight, log_prob, token_advantage, cov)
+
+
+def with_score(table: TokenTable, score: str) -> TokenTable:
+    """The table with ``cov`` replaced by the covariance named ``score`` (see :data:`SCORES`).
+
+    ``"natural"``: Theorem 2, ``(lp - E_w lp)(A - E_w A)``, the table as it is.
+    ``"vanilla"``: Theorem 1, ``(lp - E_w lp)(p A - E_w[p A])`` with ``p = exp(lp)`` the
+    probability of the token at its state (unit: nats x advantage, like ``cov``).
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if score == "natural":
+        return table
+    w, lp = table.weight, table.log_prob
+    scaled = lp.exp() * table.advantage  # (n,) pi * A
+    cov = (lp - (w * lp).sum()) * (scaled - (w * scaled).sum())  # (n,)
+    return replace(table, cov=cov)
 
 
 def _sorted_by_cov(table: TokenTable) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -140,24 +181,33 @@ def keep_fraction(
     ratio: float = 0.0,
     lower: float = 1.0,
     upper: float = 5.0,
+    candidates: str = "random",
 ) -> torch.Tensor:
     """(n,) expected share of each atom's policy gradient that ``selection`` keeps.
 
     Args:
-        table: the exact batch.
+        table: the exact batch (its ``cov`` ranks the tokens; see :func:`with_score`).
         selection: ``"none"``, ``"clip_cov"`` (r = ``ratio``, candidates in (lower, upper)) or
             ``"kl_cov"`` (k = ``ratio``, strong-penalty limit).
         ratio: r or k, a fraction of the tokens in [0, 1].
+        lower, upper: Clip-Cov's covariance band, open; ``-inf`` / ``inf`` drop a bound.
+        candidates: Clip-Cov's pick among the candidates, ``"random"`` or ``"top"``.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be a fraction in [0, 1], got {ratio}")
+    if candidates not in CANDIDATE_RULES:
+        raise ValueError(f"candidates must be one of {CANDIDATE_RULES}, got {candidates!r}")
+    if not lower < upper:
+        raise ValueError(f"the band needs lower < upper, got ({lower}, {upper})")
     if selection == "none":
         return torch.ones_like(table.weight)
     if selection == "kl_cov":
         return 1.0 - top_mass(table, ratio)
     candidate = (table.cov > lower) & (table.cov < upper) & (table.weight > 0)  # (n,)
+    if candidates == "top":  # the top weight r of the candidates by covariance
+        return 1.0 - top_mass(replace(table, weight=table.weight * candidate), ratio)
     mass = (table.weight * candidate).sum()
     removed = (ratio / mass).clamp(max=1.0) if mass > 0 else mass
     return torch.where(candidate, 1.0 - removed, 1.0)
@@ -196,6 +246,46 @@ def expected_logit_update(
 
 
 @torch.no_grad()
+def entropy_bonus_update(
+    policy: PrefixPolicy, table: TokenTable, step_size: float, coeff: float, rule: str = "npg"
+) -> torch.Tensor:
+    """The logit change (P, S, V) of ``coeff`` times the token-mean entropy bonus, one step.
+
+    The bonus is ``coeff * sum_s D(s) H(pi(.|s))``, ``D(s)`` the table's token weight at state
+    s (the limit of the loss's ``-entropy_coeff * token-mean entropy``). Its gradient in the
+    logits is ``coeff D(s) (-pi (log pi + H(s)))`` (rule ``"pg"``); the natural gradient of a
+    tabular softmax divides out ``D(s) (diag pi - pi pi^T)`` and leaves
+    ``-coeff (log pi + H(s))`` at every visited state (rule ``"npg"``). Unit: logits.
+    """
+    shape = policy.logits.shape  # (P, S, V)
+    P, S, V = shape
+    state_weight = torch.zeros(P * S, dtype=table.weight.dtype, device=table.weight.device)
+    state_weight.index_add_(0, table.atom // V, table.weight)  # (P*S,)
+    state_weight = state_weight.view(P, S, 1)
+    log_pi = torch.log_softmax(policy.logits, dim=-1)  # (P, S, V)
+    pi = log_pi.exp()
+    entropy = -(pi * log_pi).sum(dim=-1, keepdim=True)  # (P, S, 1)
+    if rule == "npg":
+        return step_size * coeff * torch.where(state_weight > 0, -(log_pi + entropy), 0.0)
+    if rule == "pg":
+        return step_size * coeff * state_weight * (-pi * (log_pi + entropy))
+    raise ValueError(f"rule must be 'npg' or 'pg', got {rule!r}")
+
+
+@torch.no_grad()
+def optimum_distance(policy: PrefixPolicy, rewards: torch.Tensor) -> float:
+    """``-mean_p log J_p`` (nats), J_p the expected 0/1 reward of prompt p.
+
+    When every prompt has exactly one rewarded response, the unregularised optimum is the
+    deterministic policy that always answers it, and this is ``KL(pi* || pi)`` averaged over
+    the prompts: 0 at the optimum, ``log(1/J)`` away from it.
+    """
+    success = (policy.response_probs() * rewards.to(policy.logits.dtype)).sum(dim=1)  # (P,)
+    distance = -success.clamp(max=1.0).log().mean()  # the clamp absorbs rounding above 1
+    return float(distance) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+@torch.no_grad()
 def expected_run(
     policy: PrefixPolicy,
     rewards: torch.Tensor,
@@ -204,12 +294,34 @@ def expected_run(
     steps: int,
     step_size: float,
     rule: str = "npg",
+    *,
+    lower: float = 1.0,
+    upper: float = 5.0,
+    candidates: str = "random",
+    score: str = "natural",
+    ratio_schedule: Callable[[int], float] | None = None,
+    entropy_coeff: float = 0.0,
+    advantage: str = "grpo",
+    record: Callable[[PrefixPolicy], dict[str, float]] | None = None,
 ) -> dict[str, list[float]]:
     """``steps`` exact expected updates from the policy's current logits (restored after).
 
+    Args:
+        policy, rewards: the prefix policy and its (P, R) reward table.
+        selection, ratio, lower, upper, candidates: the rule, as :func:`keep_fraction`.
+        steps: number of updates.
+        step_size: eta.
+        rule: ``"npg"`` or ``"pg"`` (:func:`expected_logit_update`).
+        score: the covariance that ranks the tokens (:func:`with_score`).
+        ratio_schedule: step -> multiplier of ``ratio`` (e.g. an annealing to 0); None: 1.
+        entropy_coeff: coefficient of an entropy bonus added to each update
+            (:func:`entropy_bonus_update`).
+        advantage: ``"grpo"`` or ``"dr_grpo"`` (:func:`token_table`).
+        record: extra per-step values of the policy, appended under their keys.
+
     Returns per-step lists (``steps + 1`` entries, the start included) of ``entropy`` (nats,
     response-mean H(pi, D)), ``reward`` (expected), ``cov_mean`` and ``removed`` (the weight
-    whose gradient the selection removes; 0 at the last entry).
+    whose gradient the selection removes; 0 at the last entry), and the ``record`` keys.
     """
     start = policy.logits.detach().clone()
     curves: dict[str, list[float]] = {"entropy": [], "reward": [], "cov_mean": [], "removed": []}
@@ -217,8 +329,10 @@ def expected_run(
         for step in range(steps + 1):
             curves["entropy"].append(float(policy.entropy()))
             curves["reward"].append(float(policy.expected_reward(rewards)))
+            for key, value in (record(policy) if record is not None else {}).items():
+                curves.setdefault(key, []).append(value)
             try:
-                table = token_table(policy, rewards)
+                table = token_table(policy, rewards, advantage)
             except ValueError:  # every prompt's reward is constant: the filter leaves nothing
                 table = None
             curves["cov_mean"].append(
@@ -227,9 +341,15 @@ def expected_run(
             if step == steps or table is None:
                 curves["removed"].append(0.0)
                 continue
-            keep = keep_fraction(table, selection, ratio)
+            step_ratio = ratio * (1.0 if ratio_schedule is None else ratio_schedule(step))
+            keep = keep_fraction(
+                with_score(table, score), selection, step_ratio, lower, upper, candidates
+            )
             curves["removed"].append(float((table.weight * (1.0 - keep)).sum()))
-            policy.apply_update(expected_logit_update(policy, table, keep, step_size, rule))
+            dz = expected_logit_update(policy, table, keep, step_size, rule)
+            if entropy_coeff:
+                dz += entropy_bonus_update(policy, table, step_size, entropy_coeff, rule)
+            policy.apply_update(dz)
     finally:
         policy.logits.copy_(start)
     return curves

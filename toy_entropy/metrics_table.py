@@ -292,6 +292,26 @@ METRICS: tuple[Metric, ...] = (
         "cure",
     ),
     Metric(
+        "exact/removed",
+        "fraction",
+        "token weight whose policy gradient the selection removes in this exact expected "
+        "update (0 at the last step)",
+        "questions",
+    ),
+    Metric(
+        "exact/cov_mean",
+        "nats x advantage",
+        "mean token covariance of the exact token batch (the infinite-batch limit)",
+        "questions",
+    ),
+    Metric(
+        "exact/optimum_distance",
+        "nats",
+        "KL(pi* || pi) = -mean over prompts of log P(correct response): distance to the "
+        "unregularised optimum of the exact prefix policy",
+        "questions",
+    ),
+    Metric(
         "band/<metric>_low",
         "as the metric",
         "seed mean - std, in <variant>/seeds-mean runs",
