@@ -27,6 +27,7 @@ EXPERIMENT_MODULES = (
     "toy_entropy.experiments.cure",
     "toy_entropy.experiments.cure_exact",
     "toy_entropy.experiments.questions",
+    "toy_entropy.experiments.questions_training",
 )
 """Modules that define experiments (each with one or more ``@experiment`` functions)."""
 

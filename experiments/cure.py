@@ -22,6 +22,7 @@ not scored against the paper.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,18 @@ from toy_entropy.scale_presets import parse_task_kwargs
 from toy_entropy.trainer import TrainConfig
 from toy_entropy.warmstart import WarmStartConfig
 
-__all__ = ["CURE_METHODS", "CureConfig", "cure_train_config", "roughness"]
+__all__ = [
+    "CURE_METHODS",
+    "CureConfig",
+    "ForkRegime",
+    "cure_budget",
+    "cure_train_config",
+    "methods_table",
+    "regime_train_config",
+    "resolve_prompts",
+    "roughness",
+    "seed_stats",
+]
 
 CURE_METHODS: dict[str, dict] = {
     "grpo": {},
@@ -83,7 +95,7 @@ def cure_budget() -> TrainConfig:
     """Every method's run at the paper's settings on the ``fork`` task: GRPO advantages with the
     all-equal group filter, 8 optimiser steps per rollout, temperature 1, token-mean, AdamW
     1e-3; 60 steps of 64 x 8 responses (CPU). The warm start adds no noise of its own (the
-    fork task's demonstrations carry it, see the fork fields of :class:`CureConfig`)."""
+    fork task's demonstrations carry it, see :class:`ForkRegime`)."""
     return TrainConfig(
         task="fork",
         warmstart=WarmStartConfig(steps=1000, noise=0.0),
@@ -99,17 +111,11 @@ def cure_budget() -> TrainConfig:
     )
 
 
-@dataclass
-class CureConfig:
-    train: TrainConfig = field(default_factory=cure_budget)
-    """the shared budget; each method changes its loss fields (CURE_METHODS), and the fork
-    fields below set its task_kwargs and extra_tokens"""
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    """methods to compare (names of CURE_METHODS; entropy-1e-4 .. entropy-1e-2 on request)"""
-    num_seeds: int = 3
-    """seeds per method"""
-    cuda_num_prompts: int = 256
-    """P, prompts per rollout on CUDA (the paper's batch); 0: train.num_prompts, as on the CPU"""
+@dataclass(frozen=True)
+class ForkRegime:
+    """The LLM-like task of ``cure``: the ``fork`` task (long scaffolded answers, a few forks)
+    in a vocabulary of ``vocab_size`` tokens, and its warm-start profile."""
+
     num_forks: int = 4
     """forks per answer"""
     segment_length: int = 15
@@ -128,6 +134,54 @@ class CureConfig:
     """warm start: share of hard prompts shown the common (wrong) first fork"""
     hard_fraction: float = 0.3
     """share of hard prompts"""
+
+    def __post_init__(self) -> None:
+        self.train_changes()  # the task must exist at this vocabulary size
+
+    def train_changes(self) -> dict[str, Any]:
+        """The TrainConfig fields of this regime: task, task_kwargs and extra_tokens."""
+        from toy_entropy.envs.sequence import make_task
+
+        names = ("num_forks", "segment_length", "fork_options", "placement", "distractor_rate",
+                 "fork_noise", "decoy_rate", "hard_fraction")  # fmt: skip
+        task_kwargs = ",".join(f"{name}={getattr(self, name)}" for name in names)
+        try:
+            # The task's own tokens: sized without distractors, which the vocabulary then adds.
+            plain = {**parse_task_kwargs(task_kwargs), "distractor_rate": 0.0}
+            base_vocab = make_task("fork", **plain).vocab.size
+        except (TypeError, ValueError) as error:
+            raise ConfigError("fork", task_kwargs, str(error)) from None
+        check_range("fork.vocab_size", self.vocab_size, base_vocab)
+        return {"task": "fork", "task_kwargs": task_kwargs,
+                "extra_tokens": self.vocab_size - base_vocab}  # fmt: skip
+
+
+def regime_train_config(
+    train: TrainConfig,
+    fork: ForkRegime,
+    method_fields: dict[str, Any],
+    num_prompts: int,
+    warmstart_seed: int = -1,
+) -> TrainConfig:
+    """``train`` on the ``fork`` regime with a method's PolicyLossConfig fields, ``num_prompts``
+    prompts per rollout and the warm start of ``warmstart_seed`` (-1: the run's seed)."""
+    changes = {**fork.train_changes(), "num_prompts": num_prompts, "warmstart.seed": warmstart_seed}
+    return replace_paths(train, {**changes, **loss_changes(method_fields)})
+
+
+@dataclass
+class CureConfig:
+    train: TrainConfig = field(default_factory=cure_budget)
+    """the shared budget; each method changes its loss fields (CURE_METHODS), and ``fork``
+    sets its task_kwargs and extra_tokens"""
+    fork: ForkRegime = field(default_factory=ForkRegime)
+    """the LLM-like task and its warm-start profile"""
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    """methods to compare (names of CURE_METHODS; entropy-1e-4 .. entropy-1e-2 on request)"""
+    num_seeds: int = 3
+    """seeds per method"""
+    cuda_num_prompts: int = 256
+    """P, prompts per rollout on CUDA (the paper's batch); 0: train.num_prompts, as on the CPU"""
     shared_warm_start: bool = True
     """every run starts from the warm start of the base seed (seeds vary the RL only, as the
     paper's runs share a base model); False: one warm start per seed"""
@@ -147,39 +201,21 @@ class CureConfig:
         cure_train_config(self, self.methods[0], self.train.num_prompts)  # a valid TrainConfig
 
 
-def _task_kwargs(config: CureConfig) -> str:
-    names = ("num_forks", "segment_length", "fork_options", "placement", "distractor_rate",
-             "fork_noise", "decoy_rate", "hard_fraction")  # fmt: skip
-    return ",".join(f"{name}={getattr(config, name)}" for name in names)
-
-
 def cure_train_config(
     config: CureConfig, method: str, num_prompts: int, warmstart_seed: int = -1
 ) -> TrainConfig:
-    """The TrainConfig of ``method``: the shared budget with the fork task of ``config``, the
-    method's loss fields, ``num_prompts`` prompts per rollout and the warm start of
-    ``warmstart_seed`` (-1: the run's seed)."""
-    from toy_entropy.envs.sequence import make_task
-
-    task_kwargs = _task_kwargs(config)
-    try:
-        # The task's own tokens: sized without distractors, which the vocabulary then adds.
-        plain = {**parse_task_kwargs(task_kwargs), "distractor_rate": 0.0}
-        base_vocab = make_task("fork", **plain).vocab.size
-    except (TypeError, ValueError) as error:
-        raise ConfigError("fork task", task_kwargs, str(error)) from None
-    check_range("vocab_size", config.vocab_size, base_vocab)
-    return replace_paths(
-        config.train,
-        {
-            "task": "fork",
-            "task_kwargs": task_kwargs,
-            "extra_tokens": config.vocab_size - base_vocab,
-            "num_prompts": num_prompts,
-            "warmstart.seed": warmstart_seed,
-            **loss_changes(CURE_METHODS[method]),
-        },
+    """The TrainConfig of ``method`` (a name of CURE_METHODS) in ``config``'s regime."""
+    return regime_train_config(
+        config.train, config.fork, CURE_METHODS[method], num_prompts, warmstart_seed
     )
+
+
+def resolve_prompts(cuda_num_prompts: int, train: TrainConfig, device_type: str) -> int:
+    """P of a run on ``device_type``: ``cuda_num_prompts`` on CUDA unless 0, else
+    ``train.num_prompts``."""
+    if device_type == "cuda" and cuda_num_prompts:
+        return cuda_num_prompts
+    return train.num_prompts
 
 
 def covariance_anatomy(trainer, rollout: Rollout) -> dict[str, float]:
@@ -226,7 +262,7 @@ def roughness(entropy: np.ndarray) -> float:
     return float(np.std(np.diff(half), ddof=1) / half.mean())
 
 
-def _stats(results: list[RunResult], k: int) -> dict[str, dict]:
+def seed_stats(results: list[RunResult], k: int) -> dict[str, dict]:
     """method_stats plus the roughness, the valid tokens per update and 95% intervals."""
     stats = method_stats(results, k)
     extra = {
@@ -245,7 +281,7 @@ def _ci(stat: dict, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
 
 
-def _methods_table(stats: dict[str, dict], k: int) -> dict:
+def methods_table(stats: dict[str, dict], k: int) -> dict:
     grpo_h = stats["grpo"]["final_entropy"]["mean"] if "grpo" in stats else float("nan")
     columns = ["method", "entropy at start", "entropy at end", "x GRPO", "final greedy",
                f"final mean@{k}", f"final pass@{k}", "tokens touched", "valid tokens / update",
@@ -270,12 +306,6 @@ def _methods_table(stats: dict[str, dict], k: int) -> dict:
             "columns": columns, "rows": rows}  # fmt: skip
 
 
-def _resolve_prompts(config: CureConfig, device_type: str) -> int:
-    if device_type == "cuda" and config.cuda_num_prompts:
-        return config.cuda_num_prompts
-    return config.train.num_prompts
-
-
 @experiment(
     "cure",
     "Clip-Cov / KL-Cov vs GRPO in an LLM-like regime (fork task: long scaffolded answers, a few "
@@ -294,7 +324,7 @@ def _resolve_prompts(config: CureConfig, device_type: str) -> int:
 def run(config: CureConfig, context: RunContext) -> ExperimentResult:
     if config.smoke_test:
         print(SMOKE_BANNER, flush=True)
-    num_prompts = _resolve_prompts(config, context.device.type)
+    num_prompts = resolve_prompts(config.cuda_num_prompts, config.train, context.device.type)
     warm_seed = context.seed if config.shared_warm_start else -1
     specs = [
         RunSpec(
@@ -313,13 +343,13 @@ def run(config: CureConfig, context: RunContext) -> ExperimentResult:
         context, results, ("entropy", "reward", *eval_keys, "select/frac", "cov/tail_ratio")
     )
     groups = group_by_variant(results)
-    stats = {method: _stats(group, k) for method, group in groups.items()}
+    stats = {method: seed_stats(group, k) for method, group in groups.items()}
     table1 = report_table1(context, groups.get("grpo", results), "fork task, step 1")
     measured = table1["measured"]
-    methods_table = _methods_table(stats, k)
-    tables = [table1["table"], methods_table]
-    text = markdown_table(methods_table["columns"], methods_table["rows"])
-    print(f"\n{methods_table['title']}\n{text}")
+    table = methods_table(stats, k)
+    tables = [table1["table"], table]
+    text = markdown_table(table["columns"], table["rows"])
+    print(f"\n{table['title']}\n{text}")
     writer = context.writer()
     writer.add_text("cure/methods", text)
     sub_runs = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
@@ -338,7 +368,7 @@ def run(config: CureConfig, context: RunContext) -> ExperimentResult:
         "task": {
             "name": "fork",
             "kwargs": specs[0].config.task_kwargs,
-            "vocab_size": config.vocab_size,
+            "vocab_size": config.fork.vocab_size,
         },  # fmt: skip
         "budget": {
             "steps": config.train.total_steps,

@@ -8,13 +8,13 @@ import torch
 
 from toy_entropy.config import ConfigError, replace_paths
 from toy_entropy.experiments.cli import main
-from toy_entropy.experiments.cure import CureConfig, cure_train_config, roughness
+from toy_entropy.experiments.cure import CureConfig, ForkRegime, cure_train_config, roughness
 
 TINY_CURE = [
     "methods=grpo,kl-cov-2e-3", "num_seeds=2", "train.total_steps=2", "train.num_prompts=4",
-    "train.num_mini_batches=2", "num_forks=1", "segment_length=2", "vocab_size=64",
+    "train.num_mini_batches=2", "fork.num_forks=1", "fork.segment_length=2", "fork.vocab_size=64",
     "train.warmstart.steps=60", "train.eval_every=2", "train.eval_prompts=8", "workers=1",
-    "fork_noise=0.5",
+    "fork.fork_noise=0.5",
 ]  # fmt: skip
 
 
@@ -81,7 +81,7 @@ def test_cure_config_uses_the_paper_recipe_and_checks_fields():
     with pytest.raises(ConfigError, match="methods"):
         CureConfig(methods=("grpo", "dapo"))
     with pytest.raises(ConfigError, match="vocab_size"):
-        CureConfig(vocab_size=10)
+        CureConfig(fork=ForkRegime(vocab_size=10))
 
 
 def test_roughness_of_known_curves():
@@ -95,7 +95,8 @@ def test_runs_sharing_a_warm_start_seed_start_from_one_model(tmp_path, monkeypat
 
     monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
     tiny = replace_paths(
-        CureConfig(num_forks=1, segment_length=2, vocab_size=40), {"train.warmstart.steps": 3}
+        CureConfig(fork=ForkRegime(num_forks=1, segment_length=2, vocab_size=40)),
+        {"train.warmstart.steps": 3},
     )
     shared = [
         Trainer(cure_train_config(tiny, "grpo", 4, warmstart_seed=7), seed, torch.device("cpu"))
@@ -115,7 +116,8 @@ def test_filtered_groups_are_scored_with_their_own_tokens(tmp_path, monkeypatch,
 
     monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
     tiny = replace_paths(
-        CureConfig(num_forks=2, segment_length=3, vocab_size=48), {"train.warmstart.steps": 20}
+        CureConfig(fork=ForkRegime(num_forks=2, segment_length=3, vocab_size=48)),
+        {"train.warmstart.steps": 20},
     )
     trainer = Trainer(cure_train_config(tiny, "grpo", 8), 0, torch.device("cpu"))
     batch = trainer.rollout()
