@@ -26,6 +26,8 @@ EXPERIMENT_MODULES = (
     "toy_entropy.experiments.lesson",
     "toy_entropy.experiments.cure",
     "toy_entropy.experiments.cure_exact",
+    "toy_entropy.experiments.clip_asymmetry",
+    "toy_entropy.experiments.sample_polarity",
 )
 """Modules that define experiments (each with one or more ``@experiment`` functions)."""
 

@@ -36,6 +36,7 @@ from toy_entropy.losses.diagnostics import COV_TOP_FRACTIONS
 from toy_entropy.prefix_policy import PrefixPolicy
 
 __all__ = [
+    "exact_group_advantages",
     "TokenTable",
     "token_table",
     "top_mass",
@@ -70,25 +71,50 @@ class TokenTable:
 
 
 @torch.no_grad()
-def token_table(policy: PrefixPolicy, rewards: torch.Tensor) -> TokenTable:
+def exact_group_advantages(
+    probs: torch.Tensor, rewards: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO advantages of infinitely many samples per prompt.
+
+    Args:
+        probs: ``(P, R)`` probability of every enumerated response given its prompt.
+        rewards: ``(P, R)`` its reward.
+
+    Returns:
+        ``(advantage, kept)``: ``(P, R)`` ``(r - mu_p) / (sigma_p + 1e-6)`` with the mean and
+        std of the reward under pi(.|p), and ``(P, 1)`` 0/1 in ``probs.dtype``, 0 for the prompts
+        the all-equal group filter drops (sigma_p = 0).
+    """
+    rewards = rewards.to(probs.dtype)
+    mean = (probs * rewards).sum(dim=1, keepdim=True)  # (P, 1)
+    std = (probs * (rewards - mean) ** 2).sum(dim=1, keepdim=True).sqrt()  # (P, 1)
+    kept = (std > 1e-12).to(probs.dtype)  # (P, 1): the all-equal group filter's limit
+    return (rewards - mean) / (std + STD_EPS), kept
+
+
+@torch.no_grad()
+def token_table(
+    policy: PrefixPolicy, rewards: torch.Tensor, current_logits: torch.Tensor | None = None
+) -> TokenTable:
     """The exact token batch of ``policy`` under ``rewards`` (P, R), see the module docstring.
+
+    ``current_logits`` (P, S, V): the log-probs (and so the covariance) are those of this
+    policy while the batch (weights, advantages) is the rollout policy's, as on the later
+    updates of a rollout; None: the policy's own logits (on-policy).
 
     Raises:
         ValueError: every prompt's rewards are constant under the policy (nothing to learn).
     """
     P, S, V = policy.logits.shape
     probs = policy.response_probs()  # (P, R)
-    rewards = rewards.to(probs.dtype)
-    mean = (probs * rewards).sum(dim=1, keepdim=True)  # (P, 1)
-    std = (probs * (rewards - mean) ** 2).sum(dim=1, keepdim=True).sqrt()  # (P, 1)
-    advantage = (rewards - mean) / (std + STD_EPS)  # (P, R)
-    kept = (std > 1e-12).to(probs.dtype)  # (P, 1): the all-equal group filter's limit
+    advantage, kept = exact_group_advantages(probs, rewards)  # (P, R), (P, 1)
     if not kept.any():
         raise ValueError("token_table: every prompt has a constant reward; nothing to learn")
     mask = policy.response_mask  # (R, L)
     lengths = policy.response_lengths.to(probs.dtype)  # (R,)
     norm = (probs * kept * lengths).sum()
-    flat_log_probs = torch.log_softmax(policy.logits, dim=-1).reshape(P, S * V)  # (P, S*V)
+    logits = policy.logits if current_logits is None else current_logits
+    flat_log_probs = torch.log_softmax(logits, dim=-1).reshape(P, S * V)  # (P, S*V)
     index = policy.response_states * V + policy.responses.clamp(min=0)  # (R, L)
     log_prob = flat_log_probs[:, index]  # (P, R, L)
     weight = (probs * kept / norm)[:, :, None].expand(-1, -1, mask.shape[1])  # (P, R, L)
