@@ -188,6 +188,7 @@ def train_exact(
     group_size = config.group_size if group_size is None else group_size
     generator = torch.Generator().manual_seed(seed)
 
+    @torch.no_grad()
     def record(logits: torch.Tensor) -> None:
         curves["entropy"].append(float(policy.entropy(logits=logits)))
         curves["pass_at"].append(policy.pass_at_k(rewards, LOGGED_KS, logits=logits).tolist())
