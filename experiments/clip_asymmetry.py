@@ -48,7 +48,7 @@ MAX_PATTERNS = 2**14
 
 @dataclass
 class AsymmetryConfig:
-    vocab_size: int = 4
+    vocab_size: int = 3
     """V, tokens (EOS included)"""
     length: int = 2
     """L, response length; R = responses, and 2^R reward functions are enumerated"""
@@ -158,7 +158,8 @@ def _label(eps: float | None) -> str:
     "eps_high) grid and 1-8 updates per rollout, learning rate matched to equal per-update KL",
     AsymmetryConfig,
     quick={
-        "vocab_size": 3,
+        "vocab_size": 4,
+        "length": 1,
         "eps_lows": (0.2,),
         "eps_highs": (0.2,),
         "updates": (1, 8),
