@@ -214,3 +214,12 @@ def test_no_host_sync_with_the_new_knobs(monkeypatch):
     control.update(metrics["loss/entropy"])
     monkeypatch.undo()
     assert control.value.item() == pytest.approx(0.0)  # entropy > 0.2: down, clamped at 0
+
+
+def test_a_float64_controller_value_keeps_the_loss_dtype():
+    config = PolicyLossConfig(use_adaptive_entropy=True, entropy_coeff=0.1)
+    batch = {k: v.detach().float() if v.is_floating_point() else v for k, v in _batch().items()}
+    entropy = torch.tensor([ENTROPY], dtype=torch.float32)
+    value = AdaptiveEntropyCoef(config).value  # float64
+    loss, _ = policy_loss(config, **batch, entropy=entropy, entropy_coeff=value)
+    assert loss.dtype == torch.float32

@@ -230,6 +230,8 @@ def compute_policy_loss(
             entropy = entropy.detach()
         mean_entropy = aggregate(entropy, valid, mode, norm)
         metrics["loss/entropy"] = mean_entropy.detach()
+        if isinstance(entropy_coeff, torch.Tensor):  # e.g. a float64 controller value
+            entropy_coeff = entropy_coeff.to(mean_entropy.dtype)
         loss = loss - entropy_coeff * mean_entropy
     if ref_log_probs is not None:
         kl_ref = kl_estimate(log_probs, ref_log_probs, config.kl_loss_type, config.log_ratio_clamp)
