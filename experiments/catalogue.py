@@ -28,6 +28,9 @@ EXPERIMENT_MODULES = (
     "toy_entropy.experiments.cure_exact",
     "toy_entropy.experiments.questions",
     "toy_entropy.experiments.questions_training",
+    "toy_entropy.experiments.clip_asymmetry",
+    "toy_entropy.experiments.sample_polarity",
+    "toy_entropy.experiments.predictors",
 )
 """Modules that define experiments (each with one or more ``@experiment`` functions)."""
 

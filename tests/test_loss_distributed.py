@@ -60,6 +60,13 @@ CASES = [
         dict(loss_mode="vanilla", clip_ratio_high=0.28, loss_agg_mode="seq-mean-token-sum"),
         _random_batch(3),
     ),
+    # The top entropy quantile: a global threshold, and ties cut inside rank 1's rows.
+    (
+        dict(top_entropy_quantile=0.2, positive_sample_weight=0.1),
+        _random_batch(4)
+        | {"entropy": torch.rand(8, 16, generator=torch.Generator().manual_seed(11))},
+    ),
+    (dict(loss_mode="pg", top_entropy_quantile=0.6), _tied_batch() | {"entropy": torch.ones(4, 5)}),
 ]
 
 
@@ -73,6 +80,7 @@ def _run_case(rank: int, config: PolicyLossConfig, batch: dict, dist: object) ->
         theta = torch.zeros((), requires_grad=True)  # a parameter shared by all ranks
         log_probs = batch["log_probs"][part] + theta * features[part]
         tensors = [batch[name][part] for name in ("old_log_probs", "advantages", "response_mask")]
+        entropy = batch.get("entropy")
         selection = select_tokens(
             config,
             log_probs.detach(),
@@ -80,12 +88,15 @@ def _run_case(rank: int, config: PolicyLossConfig, batch: dict, dist: object) ->
             generator=torch.Generator().manual_seed(5),  # seeded alike on every rank
             dist=group,
             cov_stats=True,
+            entropy=None if entropy is None else entropy[part],
         )
         loss, metrics = compute_policy_loss(config, log_probs, *tensors, selection)
         loss.backward()
         results.append((selection, loss.detach(), theta.grad, metrics))
     (single, loss, grad, metrics), (shard, shard_loss, shard_grad, shard_metrics) = results
     assert torch.equal(shard.selected, single.selected[local])
+    if single.entropy_kept is not None:
+        assert torch.equal(shard.entropy_kept, single.entropy_kept[local])
     assert shard.metrics.keys() == single.metrics.keys()
     for name, value in single.metrics.items():
         torch.testing.assert_close(shard.metrics[name], value, equal_nan=True)

@@ -43,6 +43,7 @@ from toy_entropy.losses.diagnostics import COV_TOP_FRACTIONS
 from toy_entropy.prefix_policy import PrefixPolicy
 
 __all__ = [
+    "exact_group_advantages",
     "TokenTable",
     "token_table",
     "top_mass",
@@ -88,31 +89,59 @@ class TokenTable:
 
 
 @torch.no_grad()
-def token_table(policy: PrefixPolicy, rewards: torch.Tensor, advantage: str = "grpo") -> TokenTable:
+def exact_group_advantages(
+    probs: torch.Tensor, rewards: torch.Tensor, advantage: str = "grpo"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group advantages of infinitely many samples per prompt.
+
+    Args:
+        probs: ``(P, R)`` probability of every enumerated response given its prompt.
+        rewards: ``(P, R)`` its reward.
+        advantage: ``"grpo"``: ``(r - mu_p) / (sigma_p + 1e-6)``; ``"dr_grpo"``: ``r - mu_p``
+            (no std normalisation: the gradient of the plain expected reward), with the mean
+            and std of the reward under pi(.|p).
+
+    Returns:
+        ``(advantage, kept)``: ``(P, R)`` advantages and ``(P, 1)`` 0/1 in ``probs.dtype``, 0
+        for the prompts the all-equal group filter drops (sigma_p = 0).
+    """
+    if advantage not in ADVANTAGES:
+        raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
+    rewards = rewards.to(probs.dtype)
+    mean = (probs * rewards).sum(dim=1, keepdim=True)  # (P, 1)
+    std = (probs * (rewards - mean) ** 2).sum(dim=1, keepdim=True).sqrt()  # (P, 1)
+    kept = (std > 1e-12).to(probs.dtype)  # (P, 1): the all-equal group filter's limit
+    centred = rewards - mean  # (P, R)
+    return (centred / (std + STD_EPS) if advantage == "grpo" else centred), kept
+
+
+@torch.no_grad()
+def token_table(
+    policy: PrefixPolicy,
+    rewards: torch.Tensor,
+    advantage: str = "grpo",
+    current_logits: torch.Tensor | None = None,
+) -> TokenTable:
     """The exact token batch of ``policy`` under ``rewards`` (P, R), see the module docstring.
 
-    ``advantage="grpo"`` gives ``(R - mu_p) / (sigma_p + 1e-6)``; ``"dr_grpo"`` gives
-    ``R - mu_p`` (no std normalisation: the gradient of the plain expected reward).
+    ``advantage``: as in :func:`exact_group_advantages`. ``current_logits`` (P, S, V): the
+    log-probs (and so the covariance) are those of this policy while the batch (weights,
+    advantages) is the rollout policy's, as on the later updates of a rollout; None: the
+    policy's own logits (on-policy).
 
     Raises:
         ValueError: every prompt's rewards are constant under the policy (nothing to learn).
     """
     P, S, V = policy.logits.shape
     probs = policy.response_probs()  # (P, R)
-    rewards = rewards.to(probs.dtype)
-    mean = (probs * rewards).sum(dim=1, keepdim=True)  # (P, 1)
-    std = (probs * (rewards - mean) ** 2).sum(dim=1, keepdim=True).sqrt()  # (P, 1)
-    if advantage not in ADVANTAGES:
-        raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
-    centred = rewards - mean  # (P, R)
-    advantages = centred / (std + STD_EPS) if advantage == "grpo" else centred  # (P, R)
-    kept = (std > 1e-12).to(probs.dtype)  # (P, 1): the all-equal group filter's limit
+    advantages, kept = exact_group_advantages(probs, rewards, advantage)  # (P, R), (P, 1)
     if not kept.any():
         raise ValueError("token_table: every prompt has a constant reward; nothing to learn")
     mask = policy.response_mask  # (R, L)
     lengths = policy.response_lengths.to(probs.dtype)  # (R,)
     norm = (probs * kept * lengths).sum()
-    flat_log_probs = torch.log_softmax(policy.logits, dim=-1).reshape(P, S * V)  # (P, S*V)
+    logits = policy.logits if current_logits is None else current_logits
+    flat_log_probs = torch.log_softmax(logits, dim=-1).reshape(P, S * V)  # (P, S*V)
     index = policy.response_states * V + policy.responses.clamp(min=0)  # (R, L)
     log_prob = flat_log_probs[:, index]  # (P, R, L)
     weight = (probs * kept / norm)[:, :, None].expand(-1, -1, mask.shape[1])  # (P, R, L)

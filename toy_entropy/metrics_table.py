@@ -312,6 +312,38 @@ METRICS: tuple[Metric, ...] = (
         "questions",
     ),
     Metric(
+        "select/entropy_kept_frac",
+        "fraction",
+        "share of the valid tokens top_entropy_quantile leaves a policy gradient",
+        LOSSES,
+    ),
+    Metric(
+        "select/entropy_threshold",
+        "nats",
+        "the lowest entropy among the tokens top_entropy_quantile keeps",
+        LOSSES,
+    ),
+    Metric(
+        "clip_asymmetry/dH_low<eps_low>_high<eps_high>",
+        "nats",
+        "expected exact entropy change after <step> updates of one rollout under random "
+        "rewards, at the KL-matched learning rate (off: that side unclipped)",
+        "clip-asymmetry",
+    ),
+    Metric(
+        "exact/pass_at_<k>",
+        "fraction",
+        "exact pass@k of the prefix policy: mean over prompts of 1 - (1 - p_correct)^k",
+        "sample-polarity",
+    ),
+    Metric(
+        "predictors/<predictor>_correlation",
+        "correlation",
+        "correlation over tokens of a per-token predictor with the exact entropy change "
+        "(step 1: on-policy update, later: off-policy update of the rollout)",
+        "predictors",
+    ),
+    Metric(
         "band/<metric>_low",
         "as the metric",
         "seed mean - std, in <variant>/seeds-mean runs",

@@ -1,10 +1,15 @@
 """Policy losses of the paper: PPO / clip-higher, Clip-Cov, KL-Cov, with regularisers.
 
+Knobs of the methods that followed it: sample polarity (PSR / NSR / W-REINFORCE), the top
+entropy quantile (forking tokens) and the adaptive entropy coefficient
+(:mod:`toy_entropy.losses.weighting`, :mod:`toy_entropy.losses.adaptive`).
+
 Batch-global (selection and normalisers over the whole optimisation batch and all ranks), free
 of host syncs, seeded. See :mod:`toy_entropy.losses.policy_losses` for the loss formulas and
 the two-phase use, :mod:`toy_entropy.losses.selection` for the selection.
 """
 
+from toy_entropy.losses.adaptive import AdaptiveEntropyCoef
 from toy_entropy.losses.aggregation import AGG_MODES, AggregationNorm, aggregate
 from toy_entropy.losses.config import PolicyLossConfig
 from toy_entropy.losses.diagnostics import COV_TOP_FRACTIONS
@@ -18,9 +23,11 @@ from toy_entropy.losses.selection import (
     select_tokens,
     token_covariance,
 )
+from toy_entropy.losses.weighting import policy_gradient_weights
 
 __all__ = [
     "AGG_MODES",
+    "AdaptiveEntropyCoef",
     "COV_TOP_FRACTIONS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
@@ -34,6 +41,7 @@ __all__ = [
     "compute_policy_loss",
     "get_policy_loss",
     "kl_estimate",
+    "policy_gradient_weights",
     "policy_loss",
     "register_policy_loss",
     "select_tokens",

@@ -59,6 +59,28 @@ class PolicyLossConfig:
     """Reference KL penalty (>= 0): the loss gets +kl_loss_coef * (aggregated KL estimate)."""
     kl_loss_type: str = "k3"
     """Estimator of KL(pi || pi_ref) per sampled token: "k1", "k2", "k3", "abs"."""
+    positive_sample_weight: float = 1.0
+    """Weight (>= 0) of the policy-gradient term of tokens with advantage > 0 (W-REINFORCE's
+    lambda, arXiv 2506.01347, is 0.1; 0 gives NSR, negative samples only)."""
+    negative_sample_weight: float = 1.0
+    """Weight (>= 0) of the policy-gradient term of tokens with advantage < 0 (0 gives PSR,
+    positive samples only). Not both weights may be 0."""
+    top_entropy_quantile: float = 1.0
+    """TRL's rho (arXiv 2506.01939), a fraction in (0, 1]: only the max(1, floor(rho * N))
+    valid tokens of highest full-distribution entropy in the whole optimisation batch (all
+    micro-batches and ranks) get the policy gradient; 1.0 keeps every token."""
+    use_adaptive_entropy: bool = False
+    """TRL / Skywork-OR1: adapt entropy_coeff after every step with
+    :class:`~toy_entropy.losses.adaptive.AdaptiveEntropyCoef` (+delta at or below the target
+    entropy, -delta above it, clamped to [entropy_coef_min, entropy_coef_max])."""
+    entropy_target: float = 0.2
+    """Target of the adaptive entropy coefficient: mean per-token entropy in nats (>= 0)."""
+    entropy_coef_delta: float = 0.005
+    """Step (> 0) of the adaptive entropy coefficient per optimisation step."""
+    entropy_coef_min: float = 0.0
+    """Lower bound (>= 0) of the adaptive entropy coefficient."""
+    entropy_coef_max: float = 1.0
+    """Upper bound (>= entropy_coef_min) of the adaptive entropy coefficient."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -80,6 +102,13 @@ class PolicyLossConfig:
             ("log_ratio_clamp", lambda x: x > 0, "a number > 0"),
             ("entropy_coeff", lambda x: True, "a finite number"),
             ("kl_loss_coef", lambda x: x >= 0, "a number >= 0"),
+            ("positive_sample_weight", lambda x: x >= 0, "a number >= 0"),
+            ("negative_sample_weight", lambda x: x >= 0, "a number >= 0"),
+            ("top_entropy_quantile", lambda x: 0 < x <= 1, "a fraction in (0, 1] (1 = all)"),
+            ("entropy_target", lambda x: x >= 0, "a number >= 0 (nats)"),
+            ("entropy_coef_delta", lambda x: x > 0, "a number > 0"),
+            ("entropy_coef_min", lambda x: x >= 0, "a number >= 0"),
+            ("entropy_coef_max", lambda x: x >= self.entropy_coef_min, ">= entropy_coef_min"),
         ]
         if self.clip_ratio_c is not None:
             checks.append(("clip_ratio_c", lambda x: x > 1, "None or a number > 1"))
@@ -92,10 +121,23 @@ class PolicyLossConfig:
                 "PolicyLossConfig.clip_cov_lb must be < clip_cov_ub (the band is strict), got "
                 f"clip_cov_lb={self.clip_cov_lb!r}, clip_cov_ub={self.clip_cov_ub!r}"
             )
-        if not isinstance(self.kl_cov_ppo_clip, bool):
+        for flag in ("kl_cov_ppo_clip", "use_adaptive_entropy"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(
+                    f"PolicyLossConfig.{flag} must be True or False, got {getattr(self, flag)!r}"
+                )
+        if self.positive_sample_weight == 0 and self.negative_sample_weight == 0:
             raise ValueError(
-                "PolicyLossConfig.kl_cov_ppo_clip must be True or False, got "
-                f"{self.kl_cov_ppo_clip!r}"
+                "PolicyLossConfig.positive_sample_weight and negative_sample_weight must not both "
+                "be 0 (no token would get a policy gradient), got 0 and 0"
+            )
+        if self.use_adaptive_entropy and not (
+            self.entropy_coef_min <= self.entropy_coeff <= self.entropy_coef_max
+        ):
+            raise ValueError(
+                "PolicyLossConfig.entropy_coeff is the adaptive coefficient's start and must lie "
+                f"in [entropy_coef_min, entropy_coef_max] = [{self.entropy_coef_min!r}, "
+                f"{self.entropy_coef_max!r}], got {self.entropy_coeff!r}"
             )
 
 

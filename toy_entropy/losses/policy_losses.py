@@ -43,6 +43,7 @@ from toy_entropy.losses.ratio import RatioTerms, clipped_surrogate, ratio_terms
 from toy_entropy.losses.registry import get_policy_loss, register_policy_loss
 from toy_entropy.losses.regularizers import kl_estimate
 from toy_entropy.losses.selection import TokenSelection, select_tokens
+from toy_entropy.losses.weighting import policy_gradient_weights
 
 __all__ = ["compute_policy_loss", "policy_loss"]
 
@@ -150,11 +151,14 @@ def compute_policy_loss(
     selection: TokenSelection,
     entropy: torch.Tensor | None = None,
     ref_log_probs: torch.Tensor | None = None,
+    entropy_coeff: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """Loss of one micro-batch (rows of the optimisation batch), with the regularisers.
 
     ``loss = policy - entropy_coeff * agg(entropy) + kl_loss_coef * agg(KL_est(pi || pi_ref))``,
-    every term normalised by the whole batch's ``selection.norm``.
+    every term normalised by the whole batch's ``selection.norm``. The policy term of each
+    token is weighted by :func:`~toy_entropy.losses.weighting.policy_gradient_weights`
+    (``positive_sample_weight``, ``negative_sample_weight``, ``selection.entropy_kept``).
 
     Args:
         config: the loss config.
@@ -166,9 +170,12 @@ def compute_policy_loss(
         selection: ``select_tokens(...)[rows]`` for these rows.
         entropy: ``(B, T)`` full-distribution entropy per position, in nats (e.g.
             :func:`toy_entropy.entropy.entropy_from_logits`), with grad; needed when
-            ``entropy_coeff != 0``, logged as ``loss/entropy`` whenever given.
+            ``entropy_coeff != 0`` or ``use_adaptive_entropy``, logged as ``loss/entropy``
+            whenever given.
         ref_log_probs: ``(B, T)`` log-probs under the frozen reference policy; needed when
             ``kl_loss_coef != 0``, logged as ``loss/kl_ref`` whenever given.
+        entropy_coeff: overrides ``config.entropy_coeff``, e.g. the 0-dim device tensor
+            :attr:`~toy_entropy.losses.adaptive.AdaptiveEntropyCoef.value` (no host sync).
 
     Returns:
         ``(loss, metrics)``: 0-dim loss and 0-dim detached metrics, both additive over
@@ -197,6 +204,11 @@ def compute_policy_loss(
             raise ValueError(
                 f"{caller}: {coef_name}={getattr(config, coef_name)!r} needs {name} (B, T)"
             )
+    adaptive = config.use_adaptive_entropy or isinstance(entropy_coeff, torch.Tensor)
+    if entropy is None and adaptive:
+        raise ValueError(f"{caller}: an adaptive entropy coefficient needs entropy (B, T)")
+    if entropy_coeff is None:
+        entropy_coeff = config.entropy_coeff
 
     valid = response_mask.bool()  # (B, T)
     # Values at padded positions are ignored, whatever they hold (NaN included).
@@ -206,17 +218,21 @@ def compute_policy_loss(
     entropy = None if entropy is None else zero_invalid(entropy, valid)
     ref_log_probs = None if ref_log_probs is None else zero_invalid(ref_log_probs, valid)
     mode, norm = config.loss_agg_mode, selection.norm
+    weights = policy_gradient_weights(config, advantages, selection.entropy_kept)  # (B, T)
+    pg_advantages = advantages if weights is None else advantages * weights
     policy, metrics = get_policy_loss(config.loss_mode)(
-        log_probs, old_log_probs, advantages, valid, config, selection
+        log_probs, old_log_probs, pg_advantages, valid, config, selection
     )
     metrics["loss/policy"] = policy.detach()
     loss = policy
     if entropy is not None:
-        if config.entropy_coeff == 0:
+        if not adaptive and entropy_coeff == 0:
             entropy = entropy.detach()
         mean_entropy = aggregate(entropy, valid, mode, norm)
         metrics["loss/entropy"] = mean_entropy.detach()
-        loss = loss - config.entropy_coeff * mean_entropy
+        if isinstance(entropy_coeff, torch.Tensor):  # e.g. a float64 controller value
+            entropy_coeff = entropy_coeff.to(mean_entropy.dtype)
+        loss = loss - entropy_coeff * mean_entropy
     if ref_log_probs is not None:
         kl_ref = kl_estimate(log_probs, ref_log_probs, config.kl_loss_type, config.log_ratio_clamp)
         if config.kl_loss_coef == 0:
@@ -239,11 +255,12 @@ def policy_loss(
     generator: torch.Generator | None = None,
     dist: object = None,
     cov_stats: bool = False,
+    entropy_coeff: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """One call for a whole optimisation batch: :func:`select_tokens` on the detached
-    ``log_probs``, then :func:`compute_policy_loss`. Arguments as there (shapes ``(B, T)``);
-    the metrics include the selection's batch-level ones (with the paper's top fractions
-    when ``cov_stats``)."""
+    ``log_probs`` (and ``entropy``, for ``top_entropy_quantile``), then
+    :func:`compute_policy_loss`. Arguments as there (shapes ``(B, T)``); the metrics include
+    the selection's batch-level ones (with the paper's top fractions when ``cov_stats``)."""
     selection = select_tokens(
         config,
         log_probs.detach(),
@@ -253,6 +270,7 @@ def policy_loss(
         generator=generator,
         dist=dist,
         cov_stats=cov_stats,
+        entropy=None if entropy is None else entropy.detach(),
     )
     loss, metrics = compute_policy_loss(
         config,
@@ -263,5 +281,6 @@ def policy_loss(
         selection,
         entropy=entropy,
         ref_log_probs=ref_log_probs,
+        entropy_coeff=entropy_coeff,
     )
     return loss, selection.metrics | metrics

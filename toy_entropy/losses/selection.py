@@ -1,11 +1,14 @@
-"""Batch-global token selection of Clip-Cov and KL-Cov, and the batch-level normalisers.
+"""Batch-global token selection of Clip-Cov, KL-Cov and the top entropy quantile, and the
+batch-level normalisers.
 
 Phase one of a loss step. :func:`select_tokens` runs once per optimisation step over the whole
 optimisation batch (all micro-batches, all data-parallel ranks) and returns a
 :class:`TokenSelection`: the selected-token mask, the normalisers of the aggregation and
 batch-level diagnostics. Phase two, :func:`toy_entropy.losses.compute_policy_loss`, runs per
 micro-batch on row slices ``selection[rows]``. So the micro-batch size and the number of ranks
-change neither the selected tokens nor the loss nor its gradient (docs/THEORY.md s.6).
+change neither the selected tokens nor the loss nor its gradient (docs/THEORY.md s.6). The
+``top_entropy_quantile`` selection (``TokenSelection.entropy_kept``) is made the same way, by
+the KL-Cov top-n machinery on the per-token entropy.
 
 Clip-Cov's selection depends on the current importance ratio (tokens PPO already clips are not
 candidates), so pass the detached current log-probs of the whole batch at the start of the
@@ -70,10 +73,14 @@ class TokenSelection:
     metrics: dict[str, torch.Tensor]
     """Batch-level 0-dim diagnostics (``select/...``, ``cov/...``), the same on every rank.
     Log them once per step; do not sum them over micro-batches."""
+    entropy_kept: torch.Tensor | None = None
+    """``(B, T)`` bool: the tokens ``top_entropy_quantile`` leaves a policy gradient (the
+    highest-entropy ones of the whole batch); None when the quantile is 1 (every token)."""
 
     def __getitem__(self, rows: slice | torch.Tensor) -> TokenSelection:
         """The selection of a micro-batch: ``selected[rows]``, the global normalisers kept."""
-        return replace(self, selected=self.selected[rows])
+        kept = None if self.entropy_kept is None else self.entropy_kept[rows]
+        return replace(self, selected=self.selected[rows], entropy_kept=kept)
 
 
 @dataclass(frozen=True)
@@ -273,6 +280,40 @@ def _select_kl_cov(view: _BatchView) -> tuple[torch.Tensor, dict[str, torch.Tens
     return selected, {"select/frac": n_selected / view.n_tokens}
 
 
+def _select_top_entropy(
+    comm: Collectives,
+    entropy: torch.Tensor,
+    valid: torch.Tensor,
+    n_tokens: torch.Tensor,
+    quantile: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``top_entropy_quantile``: the ``max(1, floor(quantile * N))`` valid tokens of highest
+    entropy in the global batch (ties at the threshold to the lowest global index).
+
+    Args:
+        comm: the data-parallel group.
+        entropy: ``(B, T)`` full-distribution entropy per position in nats, detached, 0 at
+            invalid positions.
+        valid: ``(B, T)`` bool.
+        n_tokens: 0-dim float64 global valid-token count.
+        quantile: rho in (0, 1).
+
+    Returns:
+        ``(B, T)`` bool kept tokens, and ``select/entropy_kept_frac`` (kept / N) and
+        ``select/entropy_threshold`` (the lowest kept entropy, nats), the same on every rank.
+    """
+    dtype = torch.promote_types(entropy.dtype, torch.float32)
+    # Entropies are >= 0, so -1 at invalid positions is a sentinel below every eligible score.
+    score = torch.where(valid, entropy.to(dtype), -1.0)  # (B, T)
+    n = count_of_fraction(quantile, n_tokens)
+    k = max(1, int(quantile * comm.world_size * score.numel()))
+    kept, n_kept = _select_top(comm, score, valid, n, k, scratch=torch.empty_like(score))
+    lowest = torch.where(kept, score, float("inf")).amin().reshape(1)  # (1,) this rank's
+    threshold = comm.all_gather(lowest).amin()
+    metrics = {"select/entropy_kept_frac": n_kept / n_tokens, "select/entropy_threshold": threshold}
+    return kept, metrics
+
+
 SELECTORS: dict[str, Selector] = {"clip_cov": _select_clip_cov, "kl_cov": _select_kl_cov}
 """Loss modes that select tokens; every other mode selects none."""
 COV_SELECTORS = frozenset({"kl_cov"})
@@ -290,6 +331,7 @@ def select_tokens(
     dist: object = None,
     cov_stats: bool = False,
     cov_top_fractions: Sequence[float] = COV_TOP_FRACTIONS,
+    entropy: torch.Tensor | None = None,
 ) -> TokenSelection:
     """Select tokens and compute normalisers once over the whole optimisation batch.
 
@@ -310,6 +352,9 @@ def select_tokens(
         cov_stats: also compute the covariance diagnostics of
             :func:`~toy_entropy.losses.diagnostics.covariance_metrics`.
         cov_top_fractions: fractions for the top-covariance means (with ``cov_stats``).
+        entropy: ``(B, T)`` full-distribution entropy per position in nats (used detached);
+            needed when ``config.top_entropy_quantile < 1``, which keeps the policy gradient
+            of the highest-entropy tokens of the whole batch only (``entropy_kept``).
 
     Returns:
         The :class:`TokenSelection` of this rank's rows.
@@ -321,7 +366,12 @@ def select_tokens(
         log_probs=log_probs,
         old_log_probs=old_log_probs,
         advantages=advantages,
+        **({} if entropy is None else {"entropy": entropy}),
     )
+    if entropy is None and config.top_entropy_quantile < 1:
+        raise ValueError(
+            f"{caller}: top_entropy_quantile={config.top_entropy_quantile!r} needs entropy (B, T)"
+        )
     if generator is not None and generator.device.type != log_probs.device.type:
         raise ValueError(
             f"{caller}: generator is on {generator.device} but the tensors are on "
@@ -350,8 +400,17 @@ def select_tokens(
         raise ValueError(f"{caller}: response_mask has no valid token in the whole batch")
     token_sum_norm = config.loss_agg_norm if config.loss_agg_norm is not None else valid.shape[-1]
     norm = AggregationNorm.from_counts(totals[0], totals[1], token_sum_norm)
+    entropy_kept, metrics = None, {}
+    if config.top_entropy_quantile < 1:
+        entropy_kept, metrics = _select_top_entropy(
+            comm,
+            zero_invalid(entropy.detach(), valid),
+            valid,
+            norm.n_tokens,
+            config.top_entropy_quantile,
+        )
     if not needs_cov:
-        return TokenSelection(selected=torch.zeros_like(valid), norm=norm, metrics={})
+        return TokenSelection(torch.zeros_like(valid), norm, metrics, entropy_kept)
 
     lp_mean, adv_mean = totals[2] / norm.n_tokens, totals[3] / norm.n_tokens
     cov = None
@@ -359,14 +418,13 @@ def select_tokens(
         # Unless Clip-Cov reads them, the weights' buffer takes the centred advantages.
         scratch = None if config.loss_mode == "clip_cov" else weights
         cov = token_covariance(lp, advantages, lp_mean, adv_mean, out=work, scratch=scratch)
-    metrics: dict[str, torch.Tensor] = {}
     if cov_stats:  # before the selector, which may overwrite cov
         ratio = ratio_terms(lp, old_log_probs, advantages, config).ratio
         metrics |= covariance_metrics(
             cov, valid, advantages, ratio, config, norm.n_tokens, comm, cov_top_fractions
         )
     if selector is None:
-        return TokenSelection(selected=torch.zeros_like(valid), norm=norm, metrics=metrics)
+        return TokenSelection(torch.zeros_like(valid), norm, metrics, entropy_kept)
     view = _BatchView(
         config=config,
         log_probs=lp,
@@ -382,4 +440,4 @@ def select_tokens(
         generator=generator,
     )
     selected, selector_metrics = selector(view)
-    return TokenSelection(selected=selected, norm=norm, metrics=selector_metrics | metrics)
+    return TokenSelection(selected, norm, selector_metrics | metrics, entropy_kept)
