@@ -108,6 +108,7 @@ def test_every_logged_key_is_in_the_metric_table():
     modes = [
         {"loss.loss_mode": "clip_cov", "loss.clip_cov_ratio": 0.05, "loss.clip_cov_lb": -1.0},
         {"loss.loss_mode": "kl_cov", "loss.kl_loss_coef": 0.01, "loss.clip_ratio_high": 0.28},
+        {"loss.top_entropy_quantile": 0.2, "loss.use_adaptive_entropy": True},
     ]
     for mode in modes:
         config = {**FAST, **mode, "total_steps": 1, "eval_every": 1}
@@ -117,3 +118,38 @@ def test_every_logged_key_is_in_the_metric_table():
     assert find_metric("no/such_metric") is None
     glossary = Path(__file__).parents[1] / "docs" / "metrics.md"
     assert glossary.read_text() == glossary_markdown()  # regenerate it when the table changes
+
+
+def test_entropy_lab_knobs_act_in_the_trainer(tmp_path):
+    """top_entropy_quantile keeps the policy gradient of the top 20% of tokens by entropy; the
+    adaptive coefficient moves by entropy_coef_delta per update and is checkpointed."""
+    config = {**FAST, "total_steps": 2, "num_mini_batches": 2, "loss.top_entropy_quantile": 0.2,
+              "loss.use_adaptive_entropy": True, "loss.entropy_target": 10.0,
+              "loss.entropy_coef_delta": 0.01}  # fmt: skip
+    trainer = Trainer(replace_paths(TrainConfig(), config), 0, "cpu", checkpoint_dir=tmp_path)
+    first = trainer.train_step()
+    assert 0.15 < first["select/entropy_kept_frac"] <= 0.25
+    # entropy is far below the 10-nat target: +0.01 per update, 2 updates per step; the
+    # logged coefficient is the mean over the step's updates (0 and 0.01)
+    assert first["loss/entropy_coef"] == pytest.approx(0.005)
+    assert float(trainer.entropy_coef.value) == pytest.approx(0.02)
+    trainer.save_checkpoint()
+    resumed = Trainer(replace_paths(TrainConfig(), config), 0, "cpu", checkpoint_dir=tmp_path)
+    resumed.load_state(load_checkpoint(latest_checkpoint(tmp_path)))
+    assert float(resumed.entropy_coef.value) == pytest.approx(0.02)
+    again, ours = resumed.train_step(), trainer.train_step()
+    assert {k: v for k, v in again.items() if not k.startswith("perf/")} == {
+        k: v for k, v in ours.items() if not k.startswith("perf/")
+    }
+
+
+def test_a_rollout_hooks_loss_config_survives_a_resume(tmp_path):
+    from dataclasses import replace
+
+    trainer = Trainer(replace_paths(TrainConfig(), FAST), 0, "cpu", checkpoint_dir=tmp_path)
+    trainer.loss_config = replace(trainer.loss_config, clip_ratio_high=0.28)  # as a controller
+    trainer.train_step()
+    trainer.save_checkpoint()
+    resumed = Trainer(replace_paths(TrainConfig(), FAST), 0, "cpu", checkpoint_dir=tmp_path)
+    resumed.load_state(load_checkpoint(latest_checkpoint(tmp_path)))
+    assert resumed.loss_config.clip_ratio_high == 0.28

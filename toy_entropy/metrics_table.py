@@ -158,6 +158,12 @@ METRICS: tuple[Metric, ...] = (
     Metric(
         "loss/entropy", "nats", "the aggregated entropy term (bonus when entropy_coeff > 0)", LOSSES
     ),
+    Metric(
+        "loss/entropy_coef",
+        "coefficient",
+        "the adaptive entropy-bonus coefficient of the update (use_adaptive_entropy)",
+        TRAINER,
+    ),
     Metric("loss/kl_ref", "nats", "the aggregated KL-to-reference term", LOSSES),
     Metric("loss/total", "loss", "the optimised loss", LOSSES),
     Metric("optim/grad_norm", "gradient norm", "gradient norm before clipping", TRAINER),

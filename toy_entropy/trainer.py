@@ -52,6 +52,7 @@ from toy_entropy.entropy import (
 )
 from toy_entropy.envs.sequence import make_task
 from toy_entropy.losses import (
+    AdaptiveEntropyCoef,
     PolicyLossConfig,
     compute_policy_loss,
     kl_estimate,
@@ -373,6 +374,10 @@ class Trainer:
             self.reference.load_state_dict(self.model.state_dict())
             self.reference.requires_grad_(False)
         self.loss_config = config.loss
+        """the loss config of the next update (rollout hooks may replace it; checkpointed)"""
+        self.entropy_coef = None
+        if config.loss.use_adaptive_entropy:  # TRL's adaptive entropy bonus, on the device
+            self.entropy_coef = AdaptiveEntropyCoef(config.loss, self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -625,14 +630,20 @@ class Trainer:
         advantages = rollout.advantages[rows]  # (b, T)
         ref_lp = None if rollout.ref_log_probs is None else rollout.ref_log_probs[rows]
         self.model.train()
-        # The selection is made once over the whole mini-batch (all ranks).
-        current_lp = self._score(
-            self.model, take["tokens"], take["attention"], take["responses"], False
-        )[0]
+        loss_config = self.loss_config
+        # The selection is made once over the whole mini-batch (all ranks); top_entropy_quantile
+        # ranks the tokens by the current policy's entropy.
+        current_lp, current_entropy = self._score(
+            self.model,
+            take["tokens"],
+            take["attention"],
+            take["responses"],
+            loss_config.top_entropy_quantile < 1,
+        )
         if on_policy:
             old_lp = current_lp
         selection = select_tokens(
-            self.loss_config,
+            loss_config,
             current_lp,
             old_lp,
             advantages,
@@ -640,7 +651,9 @@ class Trainer:
             generator=self.selection_generator,
             dist=self.parallel.comm,
             cov_stats=True,
+            entropy=current_entropy,
         )
+        coef = None if self.entropy_coef is None else self.entropy_coef.value
         num_rows = rows.numel()
         micro = cfg.micro_batch_size or num_rows
         summed: dict[str, torch.Tensor] = {}
@@ -656,10 +669,10 @@ class Trainer:
                         take["tokens"][part],
                         take["attention"][part],
                         take["responses"][part],
-                        with_entropy=bool(self.loss_config.entropy_coeff),
+                        with_entropy=bool(loss_config.entropy_coeff) or coef is not None,
                     )
                     loss, metrics = compute_policy_loss(
-                        self.loss_config,
+                        loss_config,
                         log_probs,
                         log_probs.detach() if on_policy else old_lp[part],
                         advantages[part],
@@ -667,6 +680,7 @@ class Trainer:
                         selection[part],
                         entropy=entropy,
                         ref_log_probs=None if ref_lp is None else ref_lp[part],
+                        entropy_coeff=coef,
                     )
                 # DDP averages over ranks; scaled, the average is the sum, the global gradient.
                 (loss * self.parallel.world_size).backward()
@@ -680,6 +694,9 @@ class Trainer:
         )
         self.optimizer.step()
         totals["optim/grad_norm"] = grad_norm.detach()
+        if coef is not None:  # the coefficient of this update, then the next one's
+            totals["loss/entropy_coef"] = coef
+            self.entropy_coef.update(totals["loss/entropy"])
         return totals
 
     def train_step(self) -> dict[str, float]:
@@ -920,11 +937,16 @@ class Trainer:
         return {
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "loss_config": self.loss_config,
+            "entropy_coef": None if self.entropy_coef is None else self.entropy_coef.state_dict(),
         }
 
     def _restore(self, snapshot: dict) -> None:
         self.model.load_state_dict(snapshot["model"])
         self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.loss_config = snapshot["loss_config"]
+        if self.entropy_coef is not None:
+            self.entropy_coef.load_state_dict(snapshot["entropy_coef"])
 
     def save_checkpoint(self) -> Path | None:
         """Write model, optimiser, RNG states, step and config atomically (if enabled).
@@ -938,6 +960,8 @@ class Trainer:
             "config": asdict(self.config),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "loss_config": asdict(self.loss_config),
+            "entropy_coef": None if self.entropy_coef is None else self.entropy_coef.state_dict(),
             "numpy_rng": self.rng.bit_generator.state,
             "generator": self.generator.get_state(),
             "selection_generator": self.selection_generator.get_state(),
@@ -958,6 +982,9 @@ class Trainer:
         check_resumable(state, self.config)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.loss_config = PolicyLossConfig(**state["loss_config"])  # as controllers left it
+        if self.entropy_coef is not None:
+            self.entropy_coef.load_state_dict(state["entropy_coef"])
         self.rng.bit_generator.state = state["numpy_rng"]
         self.generator.set_state(state["generator"])
         self.selection_generator.set_state(state["selection_generator"])
