@@ -7,6 +7,10 @@ a budget this machine runs in minutes (``train``); ``parts`` selects them:
   KL-Cov?): GRPO, clip-higher (eps_high 0.28), KL-Cov k = 2e-3 as the reference code runs it
   (no PPO clip), KL-Cov under the PPO clip (eps 0.2) and KL-Cov under clip-higher. The PPO-clip
   variant separates what the clip does from what its raised upper bound does.
+- ``scope`` (verl-project/verl #7818 / #7829: verl's KL-Cov selects per micro-batch): KL-Cov at
+  verl's default k = 2e-4 with the selection made over the whole optimisation batch against
+  made in each of ``scope_micro_batches`` micro-batches (``selection_scope``, the normaliser
+  unchanged): the selected share and the divergence of the entropy curve.
 - ``updates`` (#20: on long runs Clip-Cov's entropy keeps falling and KL-Cov's surges, which the
   authors blame on 16 updates per rollout): 1, 2, 4, 8 and 16 optimiser steps per rollout
   (``num_mini_batches``) for GRPO, Clip-Cov r = 2e-4 and KL-Cov k = 2e-3, every run on the same
@@ -48,7 +52,7 @@ from toy_entropy.trainer import TrainConfig
 
 __all__ = ["CLIP_HIGHER_METHODS", "QuestionsTrainingConfig", "largest_surge", "run_specs"]
 
-PARTS = ("clip-higher", "updates")
+PARTS = ("clip-higher", "updates", "scope")
 KL_COV = CURE_METHODS["kl-cov-2e-3"]
 CLIP_HIGHER_METHODS: dict[str, dict[str, Any]] = {
     "grpo": {},
@@ -58,6 +62,9 @@ CLIP_HIGHER_METHODS: dict[str, dict[str, Any]] = {
     "kl-cov-2e-3-clip-higher": {**KL_COV, "kl_cov_ppo_clip": True, "clip_ratio_high": 0.28},
 }
 """Part ``clip-higher``: method name -> PolicyLossConfig fields it changes."""
+VERL_KL_COV = {"loss_mode": "kl_cov", "kl_cov_ratio": 2e-4}
+"""Part ``scope``: KL-Cov at verl's default ``kl_cov_ratio``."""
+SCOPES = ("mini_batch", "micro_batch")
 
 
 def questions_budget() -> TrainConfig:
@@ -77,7 +84,9 @@ class QuestionsTrainingConfig:
     """part updates: optimiser steps per rollout (num_mini_batches) compared"""
     update_methods: tuple[str, ...] = ("grpo", "clip-cov-2e-4", "kl-cov-2e-3")
     """part updates: methods (names of CURE_METHODS)"""
-    num_seeds: int = 3
+    scope_micro_batches: int = 8
+    """part scope: micro-batches per optimisation batch (micro_batch_size = its rows / this)"""
+    num_seeds: int = 2
     """seeds per variant"""
     workers: int = 0
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
@@ -92,6 +101,7 @@ class QuestionsTrainingConfig:
         for name in self.update_methods:
             check_choice("update_methods", name, list(CURE_METHODS))
         check_range("num_seeds", self.num_seeds, 2)
+        check_range("scope_micro_batches", self.scope_micro_batches, 2)
         check_range("workers", self.workers, 0)
         run_specs(self, seed=0)  # every run is a valid TrainConfig
 
@@ -125,6 +135,15 @@ def run_specs(config: QuestionsTrainingConfig, seed: int) -> list[RunSpec]:
                 variants[_update_variant(method, updates)] = regime_train_config(
                     train, config.fork, CURE_METHODS[method], num_prompts, seed
                 )
+    if "scope" in config.parts:
+        t = config.train
+        rows = t.num_prompts * t.num_generations // t.num_mini_batches
+        micro = max(1, rows // config.scope_micro_batches)
+        for scope in SCOPES:
+            train = replace_paths(t, {"micro_batch_size": micro, "selection_scope": scope})
+            variants[f"kl-cov-2e-4@{scope}"] = regime_train_config(
+                train, config.fork, VERL_KL_COV, num_prompts, seed
+            )
     return [
         RunSpec(name, seed + i, train)
         for name, train in variants.items()
@@ -157,6 +176,50 @@ def _clip_higher_claims(stats: dict[str, dict], k: int) -> list[Claim]:
             "final entropy of KL-Cov under clip-higher over KL-Cov under the symmetric PPO clip",
             h(combined) / h("kl-cov-2e-3-ppo-clip"),
             1.0,
+        ),
+    ]
+
+
+def _scope_summary(groups: dict[str, list[RunResult]]) -> dict[str, float]:
+    """Selected share under each scope and how far the per-micro-batch entropy curve lies from
+    the batch-global one: the mean over steps of ``|H_micro - H_mini| / H_mini`` of the seed
+    means, and the final entropy ratio."""
+    curves = {
+        scope: np.mean([r.column("entropy") for r in groups[f"kl-cov-2e-4@{scope}"]], axis=0)
+        for scope in SCOPES
+    }
+    touched = {
+        scope: float(
+            np.nanmean(
+                [np.nanmean(r.column("select/frac")) for r in groups[f"kl-cov-2e-4@{scope}"]]
+            )
+        )  # fmt: skip
+        for scope in SCOPES
+    }
+    mini, micro = curves["mini_batch"], curves["micro_batch"]
+    return {
+        "touched_mini_batch": touched["mini_batch"],
+        "touched_micro_batch": touched["micro_batch"],
+        "touched_ratio": touched["micro_batch"] / touched["mini_batch"],
+        "entropy_divergence": float(np.mean(np.abs(micro - mini) / mini)),
+        "final_entropy_ratio": float(micro[-1] / mini[-1]),
+    }
+
+
+def _scope_claims(scope: dict[str, float]) -> list[Claim]:
+    return [
+        greater_than(
+            "questions.scope.micro_batches_touch_more_tokens",
+            "KL-Cov k = 2e-4: share of tokens selected per micro-batch over the share selected "
+            "over the whole batch",
+            scope["touched_ratio"],
+            1.0,
+        ),
+        greater_than(
+            "questions.scope.micro_batch_selection_moves_the_entropy_curve",
+            "mean over steps of |H_micro - H_global| / H_global (seed means), above 10%",
+            scope["entropy_divergence"],
+            0.1,
         ),
     ]
 
@@ -256,6 +319,9 @@ def run(config: QuestionsTrainingConfig, context: RunContext) -> ExperimentResul
         table["title"] = "Clip-higher with KL-Cov (mean ± 95% interval over seeds)"
         headline["tables"].append(table)
         claims += _clip_higher_claims(stats, k)
+    if "scope" in config.parts:
+        headline["scope"] = _scope_summary(groups)
+        claims += _scope_claims(headline["scope"])
     if "updates" in config.parts:
         rows = _updates_rows(stats, config)
         headline["updates"] = rows

@@ -110,6 +110,31 @@ def test_top_entropy_quantile_is_global_over_rows_and_ignores_padding():
     assert tied.entropy_kept[0, :5].all() and tied.entropy_kept.sum().item() == 5
 
 
+def test_low_entropy_and_random_subsets():
+    """TRL's example again: the lowest 80% (8 of the 10 valid tokens) are the complement of
+    the top 20%; a random 20% keeps 2 valid tokens, the same for the same generator seed."""
+    entropy = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.7, 0.8, 0.9, 1.0, 1.1, 1.2]])
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    zeros = torch.zeros(2, 6)
+
+    def kept(by: str, rho: float, seed: int = 0) -> torch.Tensor:
+        config = PolicyLossConfig(top_entropy_quantile=rho, top_entropy_quantile_by=by)
+        generator = torch.Generator().manual_seed(seed)
+        return select_tokens(
+            config, zeros, zeros, zeros, mask, generator=generator, entropy=entropy
+        ).entropy_kept
+
+    assert torch.equal(kept("low_entropy", 0.8), mask & ~kept("entropy", 0.2))
+    random = kept("random", 0.2)
+    assert random.sum().item() == 2 and not (random & ~mask).any()
+    assert torch.equal(random, kept("random", 0.2))
+    draws = {tuple(kept("random", 0.2, seed).nonzero().flatten().tolist()) for seed in range(8)}
+    assert len(draws) > 1  # another seed, another subset
+    with pytest.raises(ValueError, match="top_entropy_quantile_by"):
+        PolicyLossConfig(top_entropy_quantile_by="median")
+
+
 def test_micro_batches_with_both_knobs_sum_to_the_full_batch():
     gen = torch.Generator().manual_seed(3)
     lp = -3 * torch.rand(6, 8, generator=gen)

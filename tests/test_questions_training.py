@@ -65,6 +65,11 @@ def test_tiny_run_answers_both_questions(tmp_path, monkeypatch):
         "questions.updates.kl_cov_surges_with_many_updates",
     } <= ids
     assert (out / "kl-cov-2e-3@2" / "seed1" / "metrics.jsonl").exists()
+    scope = headline["scope"]
+    assert scope["touched_ratio"] == pytest.approx(
+        scope["touched_micro_batch"] / scope["touched_mini_batch"]
+    )
+    assert scope["touched_ratio"] > 1  # one token per micro-batch against one per batch
 
 
 def test_update_variants_differ_in_num_mini_batches_only():

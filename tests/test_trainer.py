@@ -153,3 +153,18 @@ def test_a_rollout_hooks_loss_config_survives_a_resume(tmp_path):
     resumed = Trainer(replace_paths(TrainConfig(), FAST), 0, "cpu", checkpoint_dir=tmp_path)
     resumed.load_state(load_checkpoint(latest_checkpoint(tmp_path)))
     assert resumed.loss_config.clip_ratio_high == 0.28
+
+
+def test_micro_batch_selection_scope_selects_per_micro_batch():
+    """KL-Cov k = 2e-3 over ~700 tokens selects max(1, floor(k N)) = 1 token per batch: once
+    over the mini-batch, once in each of the 8 micro-batches (verl's per-micro-batch KL-Cov)."""
+    config = {**FAST, "total_steps": 1, "micro_batch_size": 16, "loss.loss_mode": "kl_cov",
+              "loss.kl_cov_ratio": 2e-3}  # fmt: skip
+    fractions = {}
+    for scope in ("mini_batch", "micro_batch"):
+        changes = {**config, "selection_scope": scope}
+        trainer = Trainer(replace_paths(TrainConfig(), changes), 0, "cpu")
+        fractions[scope] = trainer.train_step()["select/frac"]
+    assert fractions["micro_batch"] == pytest.approx(8 * fractions["mini_batch"])
+    with pytest.raises(ValueError, match="selection_scope"):
+        TrainConfig(selection_scope="rank")

@@ -24,7 +24,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 NONFINITE_POLICIES = ("skip", "stop")
+SELECTION_SCOPES = ("mini_batch", "micro_batch")
 NAN_AWARE_METRICS = re.compile(r"cov/clip_higher_admitted_mean|cov/top_.*%_share|cov/tail_ratio")
 """Per-update metrics that are NaN by definition on some updates (the first, on-policy update
 admits no token beyond the symmetric clip; no token has a positive covariance when every
@@ -116,6 +117,10 @@ class TrainConfig:
     """optimiser steps per pass; each mini-batch is one optimisation batch"""
     micro_batch_size: int = 0
     """rows per forward/backward (gradient accumulation); 0 = the whole mini-batch"""
+    selection_scope: str = "mini_batch"
+    """where Clip-Cov / KL-Cov select tokens: mini_batch (over the whole optimisation batch and
+    all ranks) or micro_batch (each micro-batch of each rank on its own, as verl's KL-Cov does,
+    verl-project/verl #7818; the normaliser stays the mini-batch's)"""
     learning_rate: float = 3e-3
     """AdamW learning rate"""
     weight_decay: float = 0.0
@@ -180,6 +185,7 @@ class TrainConfig:
         check_range("temperature", self.temperature, 0, low_inclusive=False)
         check_choice("advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
         check_range("micro_batch_size", self.micro_batch_size, 0)
+        check_choice("selection_scope", self.selection_scope, SELECTION_SCOPES)
         check_range("learning_rate", self.learning_rate, 0, low_inclusive=False)
         check_range("weight_decay", self.weight_decay, 0)
         check_range("max_grad_norm", self.max_grad_norm, 0)
@@ -657,9 +663,21 @@ class Trainer:
         num_rows = rows.numel()
         micro = cfg.micro_batch_size or num_rows
         summed: dict[str, torch.Tensor] = {}
+        local_selected = torch.zeros((), device=self.device)  # micro_batch scope: its count
         self.optimizer.zero_grad(set_to_none=True)
         for start in range(0, num_rows, micro):
             part = slice(start, start + micro)
+            part_selection = selection[part]
+            # this micro-batch's own selection (one host sync: a filtered micro-batch has none)
+            if cfg.selection_scope == "micro_batch" and bool(take["mask"][part].any()):
+                local = select_tokens(loss_config, current_lp[part], old_lp[part],
+                                      advantages[part], take["mask"][part],
+                                      generator=self.selection_generator,
+                                      entropy=None if current_entropy is None
+                                      else current_entropy[part])  # fmt: skip
+                part_selection = replace(part_selection, selected=local.selected,
+                                         entropy_kept=local.entropy_kept)  # fmt: skip
+                local_selected = local_selected + local.selected.sum()
             # DDP all-reduces the gradients after the last micro-batch only.
             with self.parallel.no_sync(self.policy, sync=start + micro >= num_rows):
                 with self._autocast():
@@ -677,7 +695,7 @@ class Trainer:
                         log_probs.detach() if on_policy else old_lp[part],
                         advantages[part],
                         take["mask"][part],
-                        selection[part],
+                        part_selection,
                         entropy=entropy,
                         ref_log_probs=None if ref_lp is None else ref_lp[part],
                         entropy_coeff=coef,
@@ -688,6 +706,9 @@ class Trainer:
                 summed[name] = summed.get(name, 0) + value.detach()
         # Loss metrics add up over ranks; the selection's are global already.
         totals = dict(selection.metrics) | self.parallel.sum(summed)
+        if cfg.selection_scope == "micro_batch" and "select/frac" in totals:
+            count = self.parallel.sum({"n": local_selected})["n"]
+            totals["select/frac"] = count / selection.norm.n_tokens
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(
             parameters, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")

@@ -14,7 +14,10 @@ from toy_entropy.losses.aggregation import AGG_MODES
 from toy_entropy.losses.registry import POLICY_LOSSES
 from toy_entropy.losses.regularizers import KL_ESTIMATORS
 
-__all__ = ["PolicyLossConfig"]
+__all__ = ["PolicyLossConfig", "QUANTILE_SCORES"]
+
+QUANTILE_SCORES = ("entropy", "low_entropy", "random")
+"""What ``top_entropy_quantile`` ranks tokens by (``top_entropy_quantile_by``)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class PolicyLossConfig:
     """TRL's rho (arXiv 2506.01939), a fraction in (0, 1]: only the max(1, floor(rho * N))
     valid tokens of highest full-distribution entropy in the whole optimisation batch (all
     micro-batches and ranks) get the policy gradient; 1.0 keeps every token."""
+    top_entropy_quantile_by: str = "entropy"
+    """What top_entropy_quantile keeps the top of: "entropy" (TRL's forking tokens),
+    "low_entropy" (the lowest-entropy tokens, e.g. the bottom 80% with rho = 0.8) or "random"
+    (a uniform random share, the control of the forking-token study)."""
     use_adaptive_entropy: bool = False
     """TRL / Skywork-OR1: adapt entropy_coeff after every step with
     :class:`~toy_entropy.losses.adaptive.AdaptiveEntropyCoef` (+delta at or below the target
@@ -90,6 +97,7 @@ class PolicyLossConfig:
         _check_choice("loss_mode", self.loss_mode, sorted(POLICY_LOSSES))
         _check_choice("loss_agg_mode", self.loss_agg_mode, list(AGG_MODES))
         _check_choice("kl_loss_type", self.kl_loss_type, sorted(KL_ESTIMATORS))
+        _check_choice("top_entropy_quantile_by", self.top_entropy_quantile_by, QUANTILE_SCORES)
         fraction = "a fraction in (0, 1] (2e-4 means 0.02% of the valid tokens)"
         checks = [
             ("clip_ratio_low", lambda x: 0 <= x <= 1, "a fraction in [0, 1]"),

@@ -280,15 +280,38 @@ def _select_kl_cov(view: _BatchView) -> tuple[torch.Tensor, dict[str, torch.Tens
     return selected, {"select/frac": n_selected / view.n_tokens}
 
 
+def _quantile_scores(
+    kind: str,
+    entropy: torch.Tensor,
+    generator: torch.Generator | None,
+    first_index: int,
+) -> torch.Tensor:
+    """``(B, T)`` scores >= 0 that ``top_entropy_quantile`` keeps the top of: the entropy
+    (``"entropy"``), ``1 / (1 + H)`` (``"low_entropy"``: the lowest entropies first) or a
+    seeded random key of the token's global position (``"random"``, as Clip-Cov's keys: the
+    subset does not depend on the number of ranks)."""
+    if kind == "entropy":
+        return entropy
+    if kind == "low_entropy":
+        return 1.0 / (1.0 + entropy)
+    seeds = fused_kernels.draw_seeds(generator, entropy.device)
+    index = torch.arange(entropy.numel(), device=entropy.device, dtype=torch.int32)
+    index = (index + first_index).view(entropy.shape)  # (B, T) global positions
+    key = fused_kernels.hash31(fused_kernels.hash31(index ^ seeds[0]) ^ seeds[1])  # (B, T)
+    return key.to(entropy.dtype) / float(fused_kernels.MAX_POSITIONS)
+
+
 def _select_top_entropy(
     comm: Collectives,
     entropy: torch.Tensor,
     valid: torch.Tensor,
     n_tokens: torch.Tensor,
-    quantile: float,
+    config: PolicyLossConfig,
+    generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``top_entropy_quantile``: the ``max(1, floor(quantile * N))`` valid tokens of highest
-    entropy in the global batch (ties at the threshold to the lowest global index).
+    score (:func:`_quantile_scores` of ``config.top_entropy_quantile_by``) in the global batch
+    (ties at the threshold to the lowest global index).
 
     Args:
         comm: the data-parallel group.
@@ -296,19 +319,24 @@ def _select_top_entropy(
             invalid positions.
         valid: ``(B, T)`` bool.
         n_tokens: 0-dim float64 global valid-token count.
-        quantile: rho in (0, 1).
+        config: ``top_entropy_quantile`` (rho in (0, 1)) and ``top_entropy_quantile_by``.
+        generator: the random source of ``"random"`` (as Clip-Cov's).
 
     Returns:
         ``(B, T)`` bool kept tokens, and ``select/entropy_kept_frac`` (kept / N) and
         ``select/entropy_threshold`` (the lowest kept entropy, nats), the same on every rank.
     """
+    quantile = config.top_entropy_quantile
     dtype = torch.promote_types(entropy.dtype, torch.float32)
-    # Entropies are >= 0, so -1 at invalid positions is a sentinel below every eligible score.
-    score = torch.where(valid, entropy.to(dtype), -1.0)  # (B, T)
+    first_index = comm.rank * entropy.numel()
+    scores = _quantile_scores(config.top_entropy_quantile_by, entropy.to(dtype), generator,
+                              first_index)  # fmt: skip
+    # Scores are >= 0, so -1 at invalid positions is a sentinel below every eligible score.
+    score = torch.where(valid, scores, -1.0)  # (B, T)
     n = count_of_fraction(quantile, n_tokens)
     k = max(1, int(quantile * comm.world_size * score.numel()))
     kept, n_kept = _select_top(comm, score, valid, n, k, scratch=torch.empty_like(score))
-    lowest = torch.where(kept, score, float("inf")).amin().reshape(1)  # (1,) this rank's
+    lowest = torch.where(kept, entropy.to(dtype), float("inf")).amin().reshape(1)  # (1,)
     threshold = comm.all_gather(lowest).amin()
     metrics = {"select/entropy_kept_frac": n_kept / n_tokens, "select/entropy_threshold": threshold}
     return kept, metrics
@@ -403,11 +431,7 @@ def select_tokens(
     entropy_kept, metrics = None, {}
     if config.top_entropy_quantile < 1:
         entropy_kept, metrics = _select_top_entropy(
-            comm,
-            zero_invalid(entropy.detach(), valid),
-            valid,
-            norm.n_tokens,
-            config.top_entropy_quantile,
+            comm, zero_invalid(entropy.detach(), valid), valid, norm.n_tokens, config, generator
         )
     if not needs_cov:
         return TokenSelection(torch.zeros_like(valid), norm, metrics, entropy_kept)
