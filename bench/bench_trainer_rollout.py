@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {path: [] for path in paths}
     for path in paths:  # warm-up
         call(path)
-    for _ in range(args.repeats):
-        for path in paths:
+    for repeat in range(args.repeats):
+        for path in list(paths)[:: 1 if repeat % 2 else -1]:  # alternate which path goes first
             times[path].append(call(path))
     s = {path: statistics.median(values) for path, values in times.items()}
     rows = args.num_prompts * args.num_generations
