@@ -44,6 +44,8 @@ def test_every_task_has_a_registered_id():
 @pytest.mark.parametrize("env_id", SEQUENCE_IDS)
 @pytest.mark.parametrize("render_mode", [None, "ansi"])
 def test_check_env_passes_without_warnings(env_id, render_mode):
+    # Token mode only: check_env fails any env that truncates after one step, which a
+    # response-mode episode (one step) does whenever the sampled response lacks <eos>.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         env = gym.make(env_id, render_mode=render_mode)
@@ -89,6 +91,37 @@ def test_single_env_passes_task_arguments_and_rejects_bad_actions():
     env.step(np.int64(3))  # numpy integers are fine
 
 
+def test_single_env_response_mode_writes_and_scores_a_whole_answer_in_one_step():
+    env = gym.make("ToyEntropy/Reverse-v0", action_mode="response", render_mode="ansi")
+    assert env.action_space == gym.spaces.MultiDiscrete([14] * 6)
+    vocab = env.unwrapped.task.vocab
+    env.reset(options={"prompt": "3 1 4 1 5 ="})
+    obs, reward, terminated, truncated, _ = env.step(np.array(vocab.encode("5 1 4 1 3 <eos>")))
+    assert (reward, terminated, truncated, int(obs["length"])) == (1.0, True, False, 13)
+    assert env.observation_space.contains(obs)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.array(vocab.encode("5 1 4 1 3 <eos>")))
+    env.reset(options={"prompt": "3 1 4 1 5 ="})
+    obs, reward, terminated, truncated, _ = env.step(np.array(vocab.encode("5 1 <eos> 1 3 3")))
+    assert (reward, terminated, truncated, int(obs["length"])) == (0.0, True, False, 10)
+    assert env.render() == "<bos> 3 1 4 1 5 = | 5 1 <eos>"  # the tail is dropped
+    env.reset(options={"prompt": "3 1 4 1 5 ="})
+    _, reward, terminated, truncated, _ = env.step(np.array(vocab.encode("5 1 4 1 3 3")))
+    assert (reward, terminated, truncated) == (0.0, False, True)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    assert env.observation_space.contains(env.step(env.action_space.sample())[0])
+    env.reset(seed=0)
+    for action, error, message in [
+        (np.zeros(6), TypeError, "integer numpy array"),
+        ([3] * 6, TypeError, "integer numpy array"),
+        (np.zeros(5, dtype=np.int64), ValueError, r"shape \(6,\)"),
+        (np.full(6, 14), ValueError, "outside the action space"),
+    ]:
+        with pytest.raises(error, match=message):
+            env.step(action)
+
+
 def test_single_env_draws_from_its_split_and_accepts_a_task_instance():
     task = make_task("addition", num_digits=1)
     env = gym.make("ToyEntropy/Addition-v0", task=task, split="eval")
@@ -99,6 +132,8 @@ def test_single_env_draws_from_its_split_and_accepts_a_task_instance():
         gym.make("ToyEntropy/Addition-v0", split="test")
     with pytest.raises(ValueError, match="render_mode"):
         make_vec("ToyEntropy/Addition-v0", 2, render_mode="human")
+    with pytest.raises(ValueError, match="action_mode"):
+        gym.make("ToyEntropy/Addition-v0", action_mode="tokens")
 
 
 def test_single_env_is_seeded_through_np_random():
@@ -230,3 +265,65 @@ def test_sync_and_vector_envs_agree_on_spaces():
     assert sync.single_action_space == vector.single_action_space
     task = make_task("hard_prompt")
     assert vector.single_action_space.n == task.vocab.size
+
+
+# ---- vector env, whole responses ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_response_step_scores_every_row_once_with_known_rewards(device):
+    env = make_vec("ToyEntropy/Reverse-v0", 6, device=device, action_mode="response")
+    assert env.action_space.shape == (6, 6)
+    _, info = env.reset(seed=0, options={"group_size": 3})
+    demo, _ = env.task.demonstrations(env.prompts)  # (2, 6) correct answers, <eos> last
+    vocab = env.task.vocab
+    actions = demo[info["prompt_index"]].clone().to(device)  # (6, 6)
+    actions[1, 0] = (actions[1, 0] + 1 - 3) % 10 + 3  # a wrong first digit
+    actions[2] = vocab.id("4")  # no <eos>: truncated
+    actions[4, 2:] = vocab.eos_id  # stops after two digits
+    actions[5] = torch.tensor(vocab.encode("<eos> 3 3 3 3 3"))  # empty answer, ignored tail
+    obs, rewards, terminated, truncated, _ = env.step(actions)
+    assert rewards.tolist() == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    assert terminated.tolist() == [True, True, False, True, True, True]
+    assert truncated.tolist() == [False, False, True, False, False, False]
+    assert rewards.device.type == terminated.device.type == device
+    length = env.task.prompt_length
+    assert (obs["length"] - length).tolist() == [6, 6, 6, 6, 3, 1]
+    assert obs["tokens"][5, length:].tolist() == [vocab.eos_id] + [vocab.pad_id] * 5
+    assert env.done.all()
+    after = env.step(actions)  # every row ended: ignored
+    assert after[1].tolist() == [0.0] * 6 and not after[2].any() and not after[3].any()
+    assert torch.equal(after[0]["tokens"], obs["tokens"])
+
+
+def test_response_step_rejects_bad_actions_with_the_action_space():
+    env = make_vec("ToyEntropy/Addition-v0", 4, action_mode="response")  # V = 15, T = 4
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(torch.zeros(4, 4, dtype=torch.long))
+    env.reset(seed=0)
+    bad = [
+        (torch.zeros(4, 4), TypeError, "integer tensor"),
+        (torch.zeros(4, dtype=torch.long), ValueError, r"shape \(4, 4\)"),
+        (torch.zeros(4, 5, dtype=torch.long), ValueError, r"shape \(4, 4\)"),
+        (torch.full((4, 4), 15), ValueError, r"\[0, 15\).*max 15"),
+    ]
+    for actions, error, message in bad:
+        with pytest.raises(error, match=message):
+            env.step(actions)
+    _, rewards, _, truncated, _ = env.step(np.full((4, 4), 3, dtype=np.int32))  # numpy ids
+    assert rewards.tolist() == [0.0] * 4 and truncated.all()
+
+
+def test_ranks_hold_disjoint_blocks_of_one_global_prompt_draw():
+    whole = make_vec("ToyEntropy/Sort-v0", 8, action_mode="response")
+    ranks = [
+        make_vec("ToyEntropy/Sort-v0", 4, action_mode="response", world_size=2, rank=r)
+        for r in range(2)
+    ]
+    tokens = whole.reset(seed=7, options={"group_size": 2})[0]["tokens"]  # 4 prompts x 2
+    shards = [env.reset(seed=7, options={"group_size": 2}) for env in ranks]
+    assert torch.equal(torch.cat([obs["tokens"] for obs, _ in shards]), tokens)
+    assert [info["prompt_index"].tolist() for _, info in shards] == [[0, 0, 1, 1]] * 2
+    assert torch.equal(ranks[1].prompts.tokens, whole.prompts.tokens[2:])
+    with pytest.raises(ValueError, match="rank"):
+        make_vec("ToyEntropy/Sort-v0", 4, world_size=2, rank=2)

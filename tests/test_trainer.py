@@ -1,5 +1,6 @@
 """The GRPO trainer end to end: learning, logged tags, checkpoints, micro-batch invariance."""
 
+import copy
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
 from toy_entropy.config import replace_paths
+from toy_entropy.envs.sequence import SequenceVectorEnv
 from toy_entropy.experiments import RunContext
 from toy_entropy.experiments.training_runs import train_one_run
 from toy_entropy.trainer import TrainConfig, Trainer
@@ -168,3 +170,19 @@ def test_micro_batch_selection_scope_selects_per_micro_batch():
     assert fractions["micro_batch"] == pytest.approx(8 * fractions["mini_batch"])
     with pytest.raises(ValueError, match="selection_scope"):
         TrainConfig(selection_scope="rank")
+
+
+def test_rollout_goes_through_the_env_and_keeps_the_prompt_stream():
+    trainer = Trainer(replace_paths(TrainConfig(), FAST), seed=3, device="cpu")
+    assert isinstance(trainer.env, SequenceVectorEnv) and trainer.env.action_mode == "response"
+    assert trainer.env.np_random is trainer.rng  # checkpointed with the trainer's state
+    stream = copy.deepcopy(trainer.rng)
+    expected = trainer.task.sample_prompts(16, "train", stream)  # the trainer's former draw
+    rollout = trainer.rollout()
+    assert trainer.rng.bit_generator.state == stream.bit_generator.state
+    assert torch.equal(rollout.prompts.tokens, expected.tokens)
+    assert rollout.prompt_index.tolist() == [p for p in range(16) for _ in range(8)]
+    rewards = trainer.task.score(
+        expected, rollout.prompt_index, rollout.responses, rollout.response_mask
+    )
+    assert torch.equal(rollout.rewards, rewards) and 0 < rewards.mean() < 1

@@ -2,9 +2,11 @@
 
 One file, top to bottom, in the order a step runs (CleanRL style):
 
-1. rollout: P prompts x G responses sampled at the configured temperature (KV cache);
-2. rewards from the task's verifier, advantages from the estimator registry, optional filter
-   of groups whose rewards are all equal;
+1. rollout through the task's registered vector env (``gymnasium.make_vec``, whole-response
+   actions): ``reset`` gives P prompts x G rows, the model samples the responses at the
+   configured temperature (KV cache), ``step(responses)`` returns the verifier's rewards;
+2. advantages from the estimator registry, optional filter of groups whose rewards are all
+   equal;
 3. a no-grad scoring pass: rollout log-probs, the full-distribution entropy, reference log-probs;
 4. ``num_iterations`` passes over the rollout in ``num_mini_batches`` mini-batches; each
    mini-batch is one optimiser step whose token selection (Clip-Cov / KL-Cov) is computed once
@@ -27,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -50,7 +53,8 @@ from toy_entropy.entropy import (
     masked_token_mean,
     predicted_entropy_change,
 )
-from toy_entropy.envs.sequence import make_task
+from toy_entropy.envs import NAMESPACE
+from toy_entropy.envs.sequence import SequenceVectorEnv, env_name, make_task
 from toy_entropy.losses import (
     AdaptiveEntropyCoef,
     PolicyLossConfig,
@@ -388,6 +392,7 @@ class Trainer:
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.rng = np.random.default_rng(seed + 1 + config.rollout_seed_offset)
+        self.env = self._make_env()
         # Rollout uniforms and mini-batch shuffles: drawn alike on every rank.
         self.generator = torch.Generator(device=self.device).manual_seed(
             seed + 2 + config.rollout_seed_offset
@@ -536,6 +541,24 @@ class Trainer:
                 f"must divide each rank's share of a mini-batch, {local} rows",
             )
 
+    def _make_env(self) -> SequenceVectorEnv:
+        """The rollout's vector env: this rank's P * G / world_size rows of the task's registered
+        id, whole-response actions, on the trainer's device. Its prompts come from ``self.rng``
+        (the env's ``np_random`` is that generator, so checkpoints keep restoring the stream)."""
+        cfg, parallel = self.config, self.parallel
+        env = gymnasium.make_vec(
+            f"{NAMESPACE}/{env_name(cfg.task)}",
+            num_envs=cfg.num_prompts * cfg.num_generations // parallel.world_size,
+            vectorization_mode="vector_entry_point",
+            device=self.device,
+            task=self.task,
+            action_mode="response",
+            world_size=parallel.world_size,
+            rank=parallel.rank,
+        )
+        env.np_random = self.rng
+        return env
+
     # ---- the live identity probe ---------------------------------------------------------
 
     def _make_probe(self, seed: int):
@@ -564,30 +587,27 @@ class Trainer:
     # ---- one step ------------------------------------------------------------------------
 
     def rollout(self) -> Rollout:
-        """Sample P x G responses, score them, compute advantages (B = P * G rows).
+        """Sample P x G responses through the env, score them, compute advantages (B = P * G).
 
         With several ranks, P and B are this rank's shard of whole groups: every rank draws
-        the whole rollout's prompts and (B, T) sampling uniforms and keeps its rows, so a row's
-        sample does not depend on the number of ranks.
+        the whole rollout's prompts (its env keeps its block) and (B, T) sampling uniforms and
+        keeps its rows, so a row's sample does not depend on the number of ranks.
         """
         cfg = self.config
-        prompts = self.task.sample_prompts(cfg.num_prompts, "train", self.rng, device=self.device)
+        observation, info = self.env.reset(options={"group_size": cfg.num_generations})
+        prompts, prompt_index = self.env.prompts, info["prompt_index"]  # P, (B,) contiguous
+        prompt_tokens = observation["tokens"][:, : self.prompt_length]  # (B, Lp)
         uniforms = torch.rand(
             cfg.num_prompts * cfg.num_generations,
             self.response_length,
             generator=self.generator,
             device=self.device,
         )  # (B_global, T)
-        prompts = prompts[self.parallel.shard(cfg.num_prompts)]
         uniforms = uniforms[self.parallel.shard(uniforms.shape[0])]  # (B, T)
         num_prompts = len(prompts)
-        prompt_index = torch.arange(num_prompts, device=self.device).repeat_interleave(
-            cfg.num_generations
-        )  # (B,) groups are contiguous
-        prompt_tokens = prompts.tokens[prompt_index]  # (B, Lp)
         self.model.eval()
-        responses, mask = self._generate(prompt_tokens, uniforms)
-        rewards = self.task.score(prompts, prompt_index, responses, mask)  # (B,)
+        responses, mask = self._generate(prompt_tokens, uniforms)  # (B, T), pad after <eos>
+        rewards = self.env.step(responses)[1]  # (B,) the verifier's
         grouped = rewards.view(num_prompts, cfg.num_generations)
         advantages = compute_advantages(cfg.advantage_estimator, grouped).reshape(-1)  # (B,)
         mask = mask.bool()

@@ -44,7 +44,9 @@ train whatever the seed.
 Environments: ``ToyEntropy/Countdown-v0``, ``Addition-v0``, ``Reverse-v0``, ``Sort-v0``,
 ``HardPrompt-v0``, ``Fork-v0``; ``gymnasium.make`` gives a ``SequenceEnv`` (one token per step) and
 ``gymnasium.make_vec(id, num_envs=B, vectorization_mode="vector_entry_point", device=...)`` a
-``SequenceVectorEnv`` (torch tensors, ``reset(options={"group_size": G})`` for GRPO groups).
+``SequenceVectorEnv`` (torch tensors, ``reset(options={"group_size": G})`` for GRPO groups);
+``action_mode="response"`` (both) takes a whole response per row in one step, scored at once,
+which is how ``Trainer.rollout`` uses it.
 Task arguments pass through both, e.g. ``gymnasium.make("ToyEntropy/Sort-v0", list_length=8)``.
 """
 

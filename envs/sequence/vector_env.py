@@ -1,4 +1,5 @@
-"""Torch-native vector environment: B responses generated in lock-step, with grouped resets."""
+"""Torch-native vector environment: B responses generated in lock-step (or written at once),
+with grouped resets."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from toy_entropy.envs.sequence.env import (
+    ActionMode,
     build_task,
     check_env_args,
+    end_responses,
     render_text,
     sequence_observation_space,
+    single_action_space,
 )
 from toy_entropy.envs.sequence.task import PromptBatch, SequenceTask, Split, check_int
 
@@ -25,24 +28,38 @@ class SequenceVectorEnv(VectorEnv):
 
     ``reset(seed=s, options={"group_size": G})`` draws P = B // G prompts with
     ``self.np_random`` and repeats each G times contiguously (rows ``p * G ... p * G + G - 1``
-    share prompt p), the layout GRPO groups use. Every step takes one token per row; a row that
-    has ended (``<eos>`` or the length limit) ignores its later actions and returns reward 0
-    and False flags. There is no autoreset (``AutoresetMode.DISABLED``): a rollout ends when
-    every row has ended (``env.done.all()``), and the next ``reset`` starts the next one.
+    share prompt p), the layout GRPO groups use. With ``world_size`` > 1 the env holds rank
+    ``rank``'s block of a batch of ``world_size * B`` rows: each reset draws the prompts of the
+    whole batch (``world_size * P``) and keeps the contiguous block of prompts
+    ``rank * P ... rank * P + P - 1``, so ranks whose ``np_random`` are alike hold disjoint
+    whole groups of one global draw.
+
+    With ``action_mode="token"`` every step takes one token per row; a row that has ended
+    (``<eos>`` or the length limit) ignores its later actions and returns reward 0 and False
+    flags. With ``action_mode="response"`` one step takes every row's whole response, (B, T)
+    token ids (tokens after a row's first ``<eos>`` are ignored and written as ``<pad>``), ends
+    every row (terminated where it wrote ``<eos>``, truncated otherwise) and scores them all with
+    one ``task.score``; later steps return reward 0 and False flags. There is no autoreset
+    (``AutoresetMode.DISABLED``): a rollout ends when every row has ended (``env.done.all()``),
+    and the next ``reset`` starts the next one.
 
     Observations are ``{"tokens": (B, L + T) long, "length": (B,) long}`` tensors on ``device``
     (as in ``SequenceEnv``); rewards are (B,) float32, terminations and truncations (B,) bool.
-    Actions are a (B,) integer tensor (or numpy array) of token ids; their shape, dtype and range
-    are checked at every step. A step synchronises with the host twice (the range check and
-    whether a row ended) and once more when rows end (their scoring).
+    Actions are a (B,) or (B, T) integer tensor (or numpy array) of token ids; their shape,
+    dtype and range are checked at every step with one host synchronisation. A token step
+    synchronises once more (whether a row ended) and again when rows end (their scoring); a
+    response step once more (the scoring's input check).
 
     Args:
-        num_envs: B.
+        num_envs: B, the rows this env holds.
         task: task name or ``SequenceTask`` instance.
         split: ``"train"`` or ``"eval"``.
         device: where the tensors live.
         max_episode_steps: response length limit T; None means ``task.max_response_length``.
         render_mode: None or ``"ansi"``.
+        action_mode: ``"token"`` (one token per row a step) or ``"response"`` (whole responses).
+        world_size: data-parallel ranks sharing each reset's prompt draw (1: none).
+        rank: which block of the draw this env holds, in ``[0, world_size)``.
         **task_kwargs: the task's arguments.
     """
 
@@ -56,19 +73,27 @@ class SequenceVectorEnv(VectorEnv):
         device: torch.device | str = "cpu",
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
+        action_mode: ActionMode = "token",
+        world_size: int = 1,
+        rank: int = 0,
         **task_kwargs: Any,
     ) -> None:
         self.task = build_task(task, task_kwargs)
         self.num_envs = check_int("num_envs", num_envs, 1)
-        check_env_args(split, render_mode)
+        check_env_args(split, render_mode, action_mode)
         if max_episode_steps is None:
             max_episode_steps = self.task.max_response_length
         self.max_episode_steps = check_int("max_episode_steps", max_episode_steps, 1)
+        self.world_size = check_int("world_size", world_size, 1)
+        self.rank = check_int("rank", rank, 0, self.world_size - 1)
         self.split = split
         self.render_mode = render_mode
+        self.action_mode = action_mode
         self.device = torch.device(device)
 
-        self.single_action_space = spaces.Discrete(self.task.vocab.size)
+        self.single_action_space = single_action_space(
+            self.task, action_mode, self.max_episode_steps
+        )
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.single_observation_space = sequence_observation_space(
             self.task, self.max_episode_steps
@@ -81,6 +106,7 @@ class SequenceVectorEnv(VectorEnv):
         self._tokens = torch.zeros(self.num_envs, width, dtype=torch.long, device=self.device)
         self._steps = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         self._done = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self._ended = True  # response mode: the last step ended every row (a host flag)
 
     @property
     def done(self) -> torch.Tensor:
@@ -107,8 +133,8 @@ class SequenceVectorEnv(VectorEnv):
             )
         num_prompts = self.num_envs // group_size
         self.prompts = self.task.sample_prompts(
-            num_prompts, self.split, self.np_random, device=self.device
-        )
+            num_prompts * self.world_size, self.split, self.np_random, device=self.device
+        )[self.rank * num_prompts : (self.rank + 1) * num_prompts]
         self.prompt_index = torch.arange(num_prompts, device=self.device).repeat_interleave(
             group_size
         )  # (B,)
@@ -116,6 +142,7 @@ class SequenceVectorEnv(VectorEnv):
         self._tokens[:, : self.task.prompt_length] = self.prompts.tokens[self.prompt_index]
         self._steps.zero_()
         self._done.zero_()
+        self._ended = False
         info = {
             "prompt_index": self.prompt_index.clone(),
             "hard": self.prompts.hard[self.prompt_index],
@@ -123,7 +150,8 @@ class SequenceVectorEnv(VectorEnv):
         return self._observation(), info
 
     def _check_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """The actions as a (B,) long tensor on the device; TypeError/ValueError if invalid."""
+        """The actions as a (B,) or (B, T) long tensor on the device (the action space's
+        shape); TypeError/ValueError if invalid. One host synchronisation (the range)."""
         if isinstance(actions, np.ndarray) and actions.dtype.kind in "iu":
             actions = torch.from_numpy(actions)
         if not isinstance(actions, torch.Tensor) or (
@@ -134,9 +162,9 @@ class SequenceVectorEnv(VectorEnv):
                 f"actions must be an integer tensor of token ids in the action space "
                 f"{self.action_space}, got {kind}"
             )
-        if actions.shape != (self.num_envs,):
+        if actions.shape != self.action_space.shape:
             raise ValueError(
-                f"actions must have shape ({self.num_envs},) (the action space "
+                f"actions must have shape {self.action_space.shape} (the action space "
                 f"{self.action_space}), got {tuple(actions.shape)}"
             )
         actions = actions.to(self.device, torch.long)
@@ -153,6 +181,8 @@ class SequenceVectorEnv(VectorEnv):
         if self.prompts is None:
             raise RuntimeError("call reset() before step()")
         actions = self._check_actions(actions)
+        if self.action_mode == "response":
+            return self._step_responses(actions)
         active = ~self._done  # (B,)
         column = (self.task.prompt_length + self._steps).clamp(max=self._tokens.shape[1] - 1)
         current = self._tokens.gather(1, column[:, None]).squeeze(1)  # (B,)
@@ -170,6 +200,22 @@ class SequenceVectorEnv(VectorEnv):
             rewards[rows] = self.task.score(self.prompts, self.prompt_index[rows], responses, mask)
         self._done |= ended
         return self._observation(), rewards, terminated, truncated, {}
+
+    def _step_responses(
+        self, responses: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """Write every row's whole response (B, T), end the rows and score them."""
+        flags = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        if self._ended:  # every row ended at the last step: later actions are ignored
+            rewards = torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
+            return self._observation(), rewards, flags, flags.clone(), {}
+        written, mask, terminated = end_responses(self.task, responses)  # (B, T) x2, (B,)
+        self._tokens[:, self.task.prompt_length :] = written
+        self._steps = mask.sum(dim=1)  # (B,)
+        self._done.fill_(True)
+        self._ended = True
+        rewards = self.task.score(self.prompts, self.prompt_index, written, mask)  # (B,)
+        return self._observation(), rewards, terminated, ~terminated, {}
 
     def render(self) -> tuple[str, ...] | None:
         """Each row's prompt and response as text (``render_mode="ansi"``)."""
