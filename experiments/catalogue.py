@@ -28,6 +28,8 @@ EXPERIMENT_MODULES = (
     "toy_entropy.experiments.cure_exact",
     "toy_entropy.experiments.questions",
     "toy_entropy.experiments.questions_training",
+    "toy_entropy.experiments.controllers",
+    "toy_entropy.experiments.forking_tokens",
     "toy_entropy.experiments.clip_asymmetry",
     "toy_entropy.experiments.sample_polarity",
     "toy_entropy.experiments.predictors",
