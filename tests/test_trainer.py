@@ -186,3 +186,12 @@ def test_rollout_goes_through_the_env_and_keeps_the_prompt_stream():
         expected, rollout.prompt_index, rollout.responses, rollout.response_mask
     )
     assert torch.equal(rollout.rewards, rewards) and 0 < rewards.mean() < 1
+
+
+def test_evaluation_logs_a_sampled_pass_at_k_curve():
+    trainer = Trainer(replace_paths(TrainConfig(), FAST), 0, "cpu")
+    metrics = trainer.evaluate()
+    curve = [metrics[f"eval/pass_at_{j}"] for j in (1, 2, 4, 8)]
+    assert curve == sorted(curve)  # pass@k never falls with k
+    # pass@1 from 8 samples per prompt is the mean accuracy of the samples
+    assert metrics["eval/pass_at_1"] == pytest.approx(metrics["eval/mean_at_8"])

@@ -1053,7 +1053,8 @@ class Trainer:
     # ---- evaluation ----------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy accuracy, mean@k and pass@k on the held-out prompts."""
+        """Greedy accuracy, mean@k and the unbiased pass@j (j = 1, 2, 4, ..., k) of k samples
+        per held-out prompt."""
         cfg, prompts = self.config, self.eval_prompts
         self.model.eval()
         with torch.no_grad():
@@ -1070,9 +1071,10 @@ class Trainer:
             )  # (P * k, T)
             samples, sample_mask = self._generate(prompts.tokens[repeated], uniforms)
             correct = self.task.score(prompts, repeated, samples, sample_mask).view(-1, k)
+        # pass@j for j = 1, 2, 4, ... up to k (and k): the sampled pass@k curve
+        curve = sorted({2**i for i in range(k.bit_length()) if 2**i <= k} | {k})
         return {
             "eval/greedy_accuracy": float(accuracy),
             f"eval/mean_at_{k}": float(correct.mean()),
-            f"eval/pass_at_{k}": float(_pass_at_k(correct > 0, k).mean()),
-            "eval/pass_at_1": float(_pass_at_k(correct > 0, 1).mean()),
+            **{f"eval/pass_at_{j}": float(_pass_at_k(correct > 0, j).mean()) for j in curve},
         }
