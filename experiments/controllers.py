@@ -32,9 +32,9 @@ from toy_entropy.experiments.sweeps import (
     RunSpec,
     group_by_variant,
     log_seed_bands,
+    publish_sweep,
     run_sweep,
 )
-from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.trainer import TrainConfig
 
 __all__ = ["ControllersConfig", "overshoot", "settling_step"]
@@ -199,13 +199,6 @@ def run(config: ControllersConfig, context: RunContext) -> ExperimentResult:
         for name, group in group_by_variant(results).items()
     }
     table = _table(stats, k)
-    text = markdown_table(table["columns"], table["rows"])
-    print(f"\n{table['title']}\n{text}")
-    writer = context.writer()
-    writer.add_text("controllers/table", text)
-    sub_runs = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
-    figure = figure_curves(sub_runs, ("entropy", f"eval/mean_at_{k}"), "controllers")
-    figure.savefig(context.out_dir / "controllers_curves.png", dpi=80)
-    writer.add_figure("controllers/entropy_accuracy", figure)
+    publish_sweep(context, "controllers", [table], results, ("entropy", f"eval/mean_at_{k}"))
     headline = {"variants": stats, "tables": [table]}
     return ExperimentResult(headline, _claims(stats, config, k))

@@ -29,9 +29,14 @@ from toy_entropy.config import check_choice, check_range, replace_paths
 from toy_entropy.curve_stats import confidence_interval, finite_mean
 from toy_entropy.experiments.methods import loss_changes, methods_budget
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
-from toy_entropy.experiments.sweeps import RunSpec, group_by_variant, log_seed_bands, run_sweep
+from toy_entropy.experiments.sweeps import (
+    RunSpec,
+    group_by_variant,
+    log_seed_bands,
+    publish_sweep,
+    run_sweep,
+)
 from toy_entropy.model import MODEL_SIZES
-from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.trainer import TrainConfig
 
 __all__ = ["SUBSETS", "ForkingTokensConfig"]
@@ -168,13 +173,6 @@ def run(config: ForkingTokensConfig, context: RunContext) -> ExperimentResult:
     log_seed_bands(context, results, ("entropy", "reward", f"eval/mean_at_{k}"))
     stats = _stats(results, k)
     table = _table(stats, config, k)
-    text = markdown_table(table["columns"], table["rows"])
-    print(f"\n{table['title']}\n{text}")
-    writer = context.writer()
-    writer.add_text("forking_tokens/table", text)
-    sub_runs = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
-    figure = figure_curves(sub_runs, ("entropy", f"eval/mean_at_{k}"), "forking tokens")
-    figure.savefig(context.out_dir / "forking_tokens_curves.png", dpi=80)
-    writer.add_figure("forking_tokens/entropy_accuracy", figure)
+    publish_sweep(context, "forking-tokens", [table], results, ("entropy", f"eval/mean_at_{k}"))
     headline = {"variants": stats, "tables": [table]}
     return ExperimentResult(headline, _claims(stats, config, k))

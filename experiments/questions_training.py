@@ -45,9 +45,9 @@ from toy_entropy.experiments.sweeps import (
     RunSpec,
     group_by_variant,
     log_seed_bands,
+    publish_sweep,
     run_sweep,
 )
-from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.trainer import TrainConfig
 
 __all__ = ["CLIP_HIGHER_METHODS", "QuestionsTrainingConfig", "largest_surge", "run_specs"]
@@ -313,7 +313,6 @@ def run(config: QuestionsTrainingConfig, context: RunContext) -> ExperimentResul
         "seeds": config.num_seeds,
     }, "variants": stats, "tables": []}  # fmt: skip
     claims: list[Claim] = []
-    writer = context.writer()
     if "clip-higher" in config.parts:
         table = methods_table({m: stats[m] for m in CLIP_HIGHER_METHODS}, k)
         table["title"] = "Clip-higher with KL-Cov (mean ± 95% interval over seeds)"
@@ -327,12 +326,6 @@ def run(config: QuestionsTrainingConfig, context: RunContext) -> ExperimentResul
         headline["updates"] = rows
         headline["tables"].append(_updates_table(rows, config))
         claims += _updates_claims(rows, config)
-    for table in headline["tables"]:
-        text = markdown_table(table["columns"], table["rows"])
-        print(f"\n{table['title']}\n{text}")
-        writer.add_text("questions_training/" + table["title"].split(" (")[0], text)
-    sub_runs = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
-    figure = figure_curves(sub_runs, ("entropy", "reward"), "questions-training")
-    figure.savefig(context.out_dir / "questions_training_curves.png", dpi=80)
-    writer.add_figure("questions_training/entropy_reward", figure)
+    publish_sweep(context, "questions-training", headline["tables"], results,
+                  ("entropy", "reward"))  # fmt: skip
     return ExperimentResult(headline, claims)

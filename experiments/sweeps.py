@@ -31,6 +31,7 @@ from toy_entropy.config import flat_config
 from toy_entropy.curve_stats import seed_band
 from toy_entropy.experiments.registry import RunContext
 from toy_entropy.experiments.training_runs import log_run_end
+from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.rollout import RolloutHook, UpdateProbe
 from toy_entropy.tb_layout import add_layout, band_tags
 from toy_entropy.trainer import TrainConfig, Trainer, resume_state
@@ -360,3 +361,22 @@ def log_seed_bands(
         add_layout(writer.tensorboard, keys, layout)
     add_layout(context.writer().tensorboard, keys, layout)
     return bands
+
+
+def publish_sweep(
+    context: RunContext, name: str, tables: Sequence[dict], results: Sequence[RunResult],
+    keys: Sequence[str],
+) -> None:  # fmt: skip
+    """Print each table (``{"title", "columns", "rows"}``) and keep it as the TensorBoard text
+    ``<name>/<title>``; draw ``keys`` of every run into ``<name>_curves.png`` in the run
+    directory and the TensorBoard figure ``<name>/curves``."""
+    writer = context.writer()
+    for table in tables:
+        text = markdown_table(table["columns"], table["rows"])
+        print(f"\n{table['title']}\n{text}")
+        writer.add_text(f"{name}/{table['title'].split(' (')[0]}", text)
+    sub_runs = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
+    figure = figure_curves(sub_runs, keys, name)
+    if figure is not None:
+        figure.savefig(context.out_dir / f"{name.replace('-', '_')}_curves.png", dpi=80)
+        writer.add_figure(f"{name}/curves", figure)
