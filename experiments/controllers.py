@@ -24,7 +24,7 @@ import numpy as np
 from toy_entropy.claims import Claim, less_than
 from toy_entropy.config import check_range, replace_paths
 from toy_entropy.curve_stats import confidence_interval, finite_mean
-from toy_entropy.experiments.entropy_targets import EntropyController, tracking_error
+from toy_entropy.experiments.entropy_targets import KControl, tracking_error
 from toy_entropy.experiments.methods import loss_changes, methods_budget
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
@@ -46,12 +46,8 @@ class ControllersConfig:
     """every run's budget (that of ``methods``); the controlled runs change its loss"""
     targets: tuple[float, ...] = (0.3, 0.6)
     """entropy targets H* (nats)"""
-    kl_cov_ratio: float = 2e-2
-    """k-controller: KL-Cov's starting k (as entropy-targets)"""
-    ppo_kl_coef: float = 5.0
-    """k-controller: KL-Cov's beta (as entropy-targets)"""
-    gain: float = 0.5
-    """k-controller: integral gain"""
+    control: KControl = field(default_factory=KControl)
+    """the k-controller (as entropy-targets: KL-Cov's k from 2e-2, beta 5, gain 0.5)"""
     entropy_coef_delta: float = 0.005
     """adaptive bonus: step of the coefficient per optimiser step (TRL's default)"""
     entropy_coef_max: float = 1.0
@@ -71,19 +67,18 @@ class ControllersConfig:
         check_range("tracking_bound", self.tracking_bound, 0, 1, low_inclusive=False)
         check_range("num_seeds", self.num_seeds, 2)
         check_range("workers", self.workers, 0)
-        EntropyController(self.targets[0], "kl_cov_ratio", self.gain)  # the gain is valid
         _variant_configs(self, self.targets[0])  # the losses are valid
 
 
 def _variant_configs(config: ControllersConfig, target: float) -> dict[str, TrainConfig]:
     """The k-controller's starting config and the adaptive bonus's config at ``target``."""
-    k_controlled = {"loss_mode": "kl_cov", "kl_cov_ratio": config.kl_cov_ratio,
-                    "ppo_kl_coef": config.ppo_kl_coef}  # fmt: skip
     adaptive = {"use_adaptive_entropy": True, "entropy_target": target, "entropy_coeff": 0.0,
                 "entropy_coef_delta": config.entropy_coef_delta,
                 "entropy_coef_max": config.entropy_coef_max}  # fmt: skip
     return {
-        f"k-controller@{target:g}": replace_paths(config.train, loss_changes(k_controlled)),
+        f"k-controller@{target:g}": replace_paths(
+            config.train, loss_changes(config.control.loss_fields())
+        ),
         f"adaptive-bonus@{target:g}": replace_paths(config.train, loss_changes(adaptive)),
     }
 
@@ -184,7 +179,7 @@ def run(config: ControllersConfig, context: RunContext) -> ExperimentResult:
     seeds = [context.seed + i for i in range(config.num_seeds)]
     specs = [RunSpec("grpo", seed, config.train) for seed in seeds]
     for target in config.targets:
-        controller = EntropyController(target, "kl_cov_ratio", config.gain)
+        controller = config.control.controller(target)
         for name, train in _variant_configs(config, target).items():
             hooks = (controller,) if name.startswith("k-controller") else ()
             specs += [RunSpec(name, seed, train, hooks=hooks) for seed in seeds]

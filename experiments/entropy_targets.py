@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from toy_entropy.report import SubRun, figure_curves, markdown_table
 from toy_entropy.rollout import Rollout
 from toy_entropy.trainer import TrainConfig
 
-__all__ = ["EntropyController", "EntropyTargetsConfig", "KNOBS", "tracking_error"]
+__all__ = ["EntropyController", "EntropyTargetsConfig", "KControl", "KNOBS", "tracking_error"]
 
 KNOBS = {"kl_cov_ratio": "kl_cov", "clip_cov_ratio": "clip_cov"}
 """Controllable ratio -> the loss mode it belongs to."""
@@ -89,12 +90,10 @@ def tracking_error(entropy: np.ndarray, target: float, settle: float = 0.5) -> f
     return float(np.mean(np.abs(tail - target)) / target)
 
 
-@dataclass
-class EntropyTargetsConfig:
-    train: TrainConfig = field(default_factory=methods_budget)
-    """the budget of every run (that of ``methods``); the controlled runs change its loss"""
-    targets: tuple[float, ...] = (0.3, 0.45, 0.6, 0.8)
-    """entropy targets H* (nats)"""
+@dataclass(frozen=True)
+class KControl:
+    """The k-controller's settings: which ratio it turns, from where, with which gain."""
+
     knob: str = "kl_cov_ratio"
     """what the controller adapts: kl_cov_ratio (KL-Cov) or clip_cov_ratio (Clip-Cov)"""
     initial_ratio: float = 2e-2
@@ -102,7 +101,33 @@ class EntropyTargetsConfig:
     ppo_kl_coef: float = 5.0
     """KL-Cov's beta in the controlled runs"""
     gain: float = 0.5
-    """controller gain"""
+    """controller gain (log-knob units per relative entropy error)"""
+
+    def __post_init__(self) -> None:
+        check_choice("control.knob", self.knob, list(KNOBS))
+        check_range("control.initial_ratio", self.initial_ratio, 0, 1, low_inclusive=False)
+        check_range("control.ppo_kl_coef", self.ppo_kl_coef, 0)
+        check_range("control.gain", self.gain, 0, low_inclusive=False)
+
+    def loss_fields(self) -> dict[str, Any]:
+        """The PolicyLossConfig fields of a controlled run's start."""
+        fields = {"loss_mode": KNOBS[self.knob], self.knob: self.initial_ratio}
+        if self.knob == "kl_cov_ratio":
+            fields["ppo_kl_coef"] = self.ppo_kl_coef
+        return fields
+
+    def controller(self, target: float) -> EntropyController:
+        return EntropyController(target, self.knob, self.gain)
+
+
+@dataclass
+class EntropyTargetsConfig:
+    train: TrainConfig = field(default_factory=methods_budget)
+    """the budget of every run (that of ``methods``); the controlled runs change its loss"""
+    targets: tuple[float, ...] = (0.3, 0.45, 0.6, 0.8)
+    """entropy targets H* (nats)"""
+    control: KControl = field(default_factory=KControl)
+    """the k-controller"""
     num_seeds: int = 3
     """seeds per target (and for the uncontrolled GRPO reference)"""
     tracking_bound: float = 0.25
@@ -115,20 +140,14 @@ class EntropyTargetsConfig:
             raise ValueError("targets=() is invalid: expected at least one entropy target")
         for target in self.targets:
             check_range("targets", target, 0, low_inclusive=False)
-        check_choice("knob", self.knob, list(KNOBS))
-        check_range("initial_ratio", self.initial_ratio, 0, 1, low_inclusive=False)
         check_range("num_seeds", self.num_seeds, 2)
-        check_range("ppo_kl_coef", self.ppo_kl_coef, 0)
         check_range("workers", self.workers, 0)
         _configs(self)  # the controlled runs' loss must be valid
 
 
 def _configs(config: EntropyTargetsConfig) -> tuple[TrainConfig, TrainConfig]:
     """The uncontrolled GRPO reference and the controlled run's starting config."""
-    changes = {"loss_mode": KNOBS[config.knob], config.knob: config.initial_ratio}
-    if config.knob == "kl_cov_ratio":
-        changes["ppo_kl_coef"] = config.ppo_kl_coef
-    return config.train, replace_paths(config.train, loss_changes(changes))
+    return config.train, replace_paths(config.train, loss_changes(config.control.loss_fields()))
 
 
 @experiment(
@@ -144,7 +163,7 @@ def run(config: EntropyTargetsConfig, context: RunContext) -> ExperimentResult:
     grpo, controlled = _configs(config)
     specs = [RunSpec("grpo", context.seed + i, grpo) for i in range(config.num_seeds)]
     for target in config.targets:
-        controller = EntropyController(target, config.knob, config.gain)
+        controller = config.control.controller(target)
         specs += [
             RunSpec(f"target-{target:g}", context.seed + i, controlled, hooks=(controller,))
             for i in range(config.num_seeds)
@@ -152,7 +171,8 @@ def run(config: EntropyTargetsConfig, context: RunContext) -> ExperimentResult:
     results = run_sweep(specs, context, config.workers)
     k = grpo.eval_samples
     eval_keys = ("eval/greedy_accuracy", f"eval/mean_at_{k}", f"eval/pass_at_{k}")
-    log_seed_bands(context, results, ("entropy", "reward", *eval_keys, f"control/{config.knob}"))
+    knob_key = f"control/{config.control.knob}"
+    log_seed_bands(context, results, ("entropy", "reward", *eval_keys, knob_key))
     per_variant: dict[str, dict] = {}
     for name, group in group_by_variant(results).items():
         target = None if name == "grpo" else float(name.split("-", 1)[1])
@@ -162,7 +182,7 @@ def run(config: EntropyTargetsConfig, context: RunContext) -> ExperimentResult:
             values = {
                 "final_entropy": float(np.mean(entropy[-5:])),
                 "tracking_error": tracking_error(entropy, target) if target else float("nan"),
-                "final_knob": float(r.column(f"control/{config.knob}")[-1]) if target else 0.0,
+                "final_knob": float(r.column(knob_key)[-1]) if target else 0.0,
             }
             for key in eval_keys:
                 values[f"final_{key.split('/')[1]}"] = float(r.eval_curve(key)[1][-1])
@@ -184,16 +204,16 @@ def run(config: EntropyTargetsConfig, context: RunContext) -> ExperimentResult:
         for key in (f"final_{k.split('/')[1]}" for k in eval_keys)
     }
     best = max(controlled_names, key=lambda n: per_variant[n][f"final_mean_at_{k}"]["mean"])
-    table = _table(per_variant, k, config.knob)
+    table = _table(per_variant, k, config.control.knob)
     print("\n" + markdown_table(table["columns"], table["rows"]))
     writer = context.writer()
     writer.add_text("targets/table", markdown_table(table["columns"], table["rows"]))
     sub_runs = [SubRun(f"{r.variant}/seed{r.seed}", r.rows) for r in results]
-    keys = ("entropy", f"control/{config.knob}", f"eval/mean_at_{k}")
+    keys = ("entropy", knob_key, f"eval/mean_at_{k}")
     writer.add_figure("targets/entropy_knob_accuracy", figure_curves(sub_runs, keys))
     headline = {
         "table1": report_table1(context, results, "countdown, step 1"),
-        "knob": config.knob,
+        "knob": config.control.knob,
         "variants": per_variant,
         "accuracy_vs_target_rank_correlation": trend,
         "best_target_by_mean_at_k": per_variant[best]["target"],
