@@ -50,7 +50,7 @@ from collections.abc import Callable
 import torch
 from results_file import append_results
 
-from toy_entropy.losses import PolicyLossConfig, compute_policy_loss, select_tokens
+from toy_entropy.algorithms.losses import PolicyLossConfig, compute_policy_loss, select_tokens
 
 MODES = ("vanilla", "pg", "clip_cov", "kl_cov")
 RESPONSE_LENGTH = 1000

@@ -3,11 +3,11 @@
 Variants, all starting from hidden states (N, C) and the output embedding W (V, C):
 
 - ``reference``: ``logits = hidden @ W.T`` and
-  :func:`toy_entropy.token_stats.token_log_probs_and_entropy_reference` (log_softmax + gather,
-  entropy_from_logits);
+  :func:`toy_entropy.models.token_stats.token_log_probs_and_entropy_reference` (log_softmax +
+  gather, entropy_from_logits);
 - ``chunked-logits``: the same logits fed to the chunked function (``weight=None``);
-- ``chunked``: :func:`toy_entropy.token_stats.token_log_probs_and_entropy` on the hidden states,
-  never forming more than ``chunk_size`` rows of logits.
+- ``chunked``: :func:`toy_entropy.models.token_stats.token_log_probs_and_entropy` on the hidden
+  states, never forming more than ``chunk_size`` rows of logits.
 
 Each variant runs in its own subprocess so that peaks do not mix. On CPU the peak is the rise
 of the resident set size (``ru_maxrss`` after the step minus the RSS before it); on CUDA it is
@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from toy_entropy.token_stats import (
+from toy_entropy.models.token_stats import (
     DEFAULT_CHUNK_ELEMENTS,
     token_log_probs_and_entropy,
     token_log_probs_and_entropy_reference,

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 from results_file import append_results
 
-from toy_entropy.model import GPT, GPTConfig
+from toy_entropy.models.model import GPT, GPTConfig
 
 
 @contextlib.contextmanager
@@ -88,7 +88,7 @@ def rollout_calls(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model-size", default="cpu-small", help="toy_entropy.model.MODEL_SIZES name"
+        "--model-size", default="cpu-small", help="toy_entropy.models.model.MODEL_SIZES name"
     )
     parser.add_argument("--batch", type=int, default=64, help="responses per rollout (B)")
     parser.add_argument("--prompt-length", type=int, default=16)

@@ -33,9 +33,9 @@ import time
 
 import torch
 
-from toy_entropy.config import apply_overrides
-from toy_entropy.parallel import mini_batch_rows
-from toy_entropy.trainer import TrainConfig, Trainer
+from toy_entropy.training.config import apply_overrides
+from toy_entropy.training.parallel import mini_batch_rows
+from toy_entropy.training.trainer import TrainConfig, Trainer
 
 VARIANTS = {"chunked": [], "full-logits": ["chunked_log_probs=false"]}
 MIB = 2**20

@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from results_file import append_results
 
-from toy_entropy.config import replace_paths
 from toy_entropy.envs.sequence import PromptBatch, SequenceTask
 from toy_entropy.envs.sequence.task import through_first
-from toy_entropy.parallel import DataParallel
-from toy_entropy.trainer import TrainConfig, Trainer
+from toy_entropy.training.config import replace_paths
+from toy_entropy.training.parallel import DataParallel
+from toy_entropy.training.trainer import TrainConfig, Trainer
 
 
 class DirectTask:

@@ -1,7 +1,7 @@
 """Update at length: one trainer optimisation step against a bare forward + backward + AdamW.
 
-For each response length L, a :class:`~toy_entropy.trainer.Trainer` on ``reverse`` with lists
-of L - 1 values (answers of L tokens, prompts of about L tokens; random initial weights, no
+For each response length L, a :class:`~toy_entropy.training.trainer.Trainer` on ``reverse`` with
+lists of L - 1 values (answers of L tokens, prompts of about L tokens; random initial weights, no
 warm start) samples one rollout of about ``--tokens`` response tokens (rows = tokens / L).
 On that batch, interleaved in one run, it times:
 
@@ -39,9 +39,9 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_rollout import no_host_sync, timed  # noqa: E402
 from results_file import append_results  # noqa: E402
 
-from toy_entropy.losses import PolicyLossConfig  # noqa: E402
-from toy_entropy.trainer import TrainConfig, Trainer  # noqa: E402
-from toy_entropy.warmstart import WarmStartConfig  # noqa: E402
+from toy_entropy.algorithms.losses import PolicyLossConfig  # noqa: E402
+from toy_entropy.training.trainer import TrainConfig, Trainer  # noqa: E402
+from toy_entropy.training.warmstart import WarmStartConfig  # noqa: E402
 
 MODES = ("vanilla", "clip_cov", "kl_cov")
 GENERATIONS = 8
@@ -106,7 +106,7 @@ def update_calls(trainer: Trainer, batch: dict) -> dict[str, Callable[[], object
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model-size", default="cpu-small", help="toy_entropy.model.MODEL_SIZES name"
+        "--model-size", default="cpu-small", help="toy_entropy.models.model.MODEL_SIZES name"
     )
     parser.add_argument("--tokens", type=int, default=16384, help="response tokens per batch")
     parser.add_argument("--lengths", default="64,256,512", help="response lengths L")

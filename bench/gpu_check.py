@@ -548,8 +548,8 @@ def child_collectives(args: argparse.Namespace) -> None:
     (nccl on CUDA, gloo on CPU); prints one JSON line."""
     import torch.distributed as dist
 
-    from toy_entropy.losses import PolicyLossConfig, compute_policy_loss, select_tokens
-    from toy_entropy.losses.distributed import TorchDistributed
+    from toy_entropy.algorithms.losses import PolicyLossConfig, compute_policy_loss, select_tokens
+    from toy_entropy.algorithms.losses.distributed import TorchDistributed
 
     cuda = args.device == "cuda"
     if cuda:
@@ -615,7 +615,7 @@ def child_train(args: argparse.Namespace, train_argv: list[str]) -> int:
     ``set_sync_debug_mode("error")`` on CUDA; per-step tokens/s and the sync verdict go to
     ``--report`` (JSON)."""
     import toy_entropy.train as train_module
-    from toy_entropy.trainer import Trainer
+    from toy_entropy.training.trainer import Trainer
 
     for name in ("_optimise", "train_step"):
         if not callable(getattr(Trainer, name, None)):

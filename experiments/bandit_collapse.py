@@ -19,16 +19,14 @@ import numpy as np
 import torch
 
 import toy_entropy.envs  # noqa: F401  (registers the ToyEntropy ids)
-from toy_entropy import interrupts
-from toy_entropy.advantages import compute_advantages
-from toy_entropy.claims import Claim, greater_than, less_than
-from toy_entropy.config import check_choice, check_positive_int, check_range
-from toy_entropy.entropy import entropy_from_logits
+from toy_entropy.algorithms.advantages import compute_advantages
 from toy_entropy.experiments.bandit_priors import prior_problem
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
-from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
-from toy_entropy.plots import band_plot, plt
-from toy_entropy.tabular import (
+from toy_entropy.runs.claims import Claim, greater_than, less_than
+from toy_entropy.runs.plots import band_plot, plt
+from toy_entropy.theory.entropy import entropy_from_logits
+from toy_entropy.theory.lawfit import extrapolate_law, fit_entropy_reward_law
+from toy_entropy.theory.tabular import (
     UPDATE_RULES,
     TabularSoftmaxPolicy,
     expected_logit_update,
@@ -36,6 +34,8 @@ from toy_entropy.tabular import (
     pg_ode_logits,
     sampled_logit_update,
 )
+from toy_entropy.training import interrupts
+from toy_entropy.training.config import check_choice, check_positive_int, check_range
 
 COLLAPSE_PRIORS = ("best-likely", "best-rare")
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from toy_entropy import interrupts
-from toy_entropy.claims import between, less_than
-from toy_entropy.config import check_choice, check_positive_int, check_range
-from toy_entropy.entropy import entropy_from_logits, predicted_entropy_change
 from toy_entropy.experiments.bandit_priors import PRIOR_NAMES, prior_problem
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
-from toy_entropy.plots import loglog_error_plot, plt, scatter_identity
-from toy_entropy.tabular import UPDATE_RULES, expected_logit_update
+from toy_entropy.runs.claims import between, less_than
+from toy_entropy.runs.plots import loglog_error_plot, plt, scatter_identity
+from toy_entropy.theory.entropy import entropy_from_logits, predicted_entropy_change
+from toy_entropy.theory.tabular import UPDATE_RULES, expected_logit_update
+from toy_entropy.training import interrupts
+from toy_entropy.training.config import check_choice, check_positive_int, check_range
 
 # The error at the largest steps is no longer first order; the slope is fitted below this eta.
 SLOPE_FIT_MAX_ETA = 0.1

@@ -13,17 +13,8 @@ import time
 from pathlib import Path
 
 import toy_entropy
-from toy_entropy import interrupts
-from toy_entropy.claims import format_claims_table
-from toy_entropy.config import (
-    ConfigError,
-    apply_overrides,
-    config_fields_help,
-    config_from_dict,
-    config_to_dict,
-    replace_paths,
-)
-from toy_entropy.rundir import (
+from toy_entropy.runs.claims import format_claims_table
+from toy_entropy.runs.rundir import (
     OutDir,
     RunDirError,
     add_run_directory_options,
@@ -32,6 +23,15 @@ from toy_entropy.rundir import (
     prepare_out_dir,
     resume_directory,
     thread_count,
+)
+from toy_entropy.training import interrupts
+from toy_entropy.training.config import (
+    ConfigError,
+    apply_overrides,
+    config_fields_help,
+    config_from_dict,
+    config_to_dict,
+    replace_paths,
 )
 
 # torch and everything that imports it are imported where a command needs them, so that
@@ -167,7 +167,7 @@ def _read_resumable_run(spec, args: argparse.Namespace) -> dict:
 
 
 def _check_cache() -> None:
-    from toy_entropy.warmstart import check_cache_dir
+    from toy_entropy.training.warmstart import check_cache_dir
 
     try:
         check_cache_dir()
@@ -177,7 +177,7 @@ def _check_cache() -> None:
 
 def _start(spec, args: argparse.Namespace):
     """Everything checked before the first write: ``(config, seed, device, out, record)``."""
-    from toy_entropy.runlog import environment_info
+    from toy_entropy.runs.runlog import environment_info
 
     if args.resume is not None:
         stored = _read_resumable_run(spec, args)
@@ -218,8 +218,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
     from toy_entropy.experiments import RunContext, get_experiment
-    from toy_entropy.runlog import atomic_write_json, write_run_summary
-    from toy_entropy.trainer import NonFiniteError
+    from toy_entropy.runs.runlog import atomic_write_json, write_run_summary
+    from toy_entropy.training.trainer import NonFiniteError
 
     if args.name is None:
         if args.help:
@@ -324,7 +324,7 @@ def _list() -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from toy_entropy.report import write_report
+    from toy_entropy.runs.report import write_report
 
     try:
         path = write_report(args.run_dirs, args.out)

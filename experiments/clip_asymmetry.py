@@ -4,8 +4,8 @@ arXiv 2509.26114 argues that under purely random rewards clip-low raises the ent
 clip-high lowers it, so at eps 0.2 / 0.2 the entropy falls with nothing to learn. Here the
 claim is computed exactly on a tabular prefix policy with a random warm start (one prompt):
 
-- the rollout is the infinite-sample batch (:mod:`toy_entropy.exact_ppo`): every response r
-  with frequency pi_old(r);
+- the rollout is the infinite-sample batch (:mod:`toy_entropy.algorithms.exact_ppo`): every response
+  r with frequency pi_old(r);
 - the reward function is random: each of the R responses gets reward 0 or 1 independently
   with probability 1/2. All 2^R reward functions are enumerated (each is one "prompt" of one
   batched prefix policy with identical logits), so the expectation over them is exact;
@@ -31,15 +31,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from toy_entropy.claims import Claim, greater_than, less_than
-from toy_entropy.config import ConfigError, check_positive_int, check_range
-from toy_entropy.curve_stats import confidence_interval
-from toy_entropy.exact_ppo import clip_config, ppo_updates, rollout_batch, sequence_kl
-from toy_entropy.exact_selection import exact_group_advantages
+from toy_entropy.algorithms.exact_ppo import clip_config, ppo_updates, rollout_batch, sequence_kl
+from toy_entropy.algorithms.exact_selection import exact_group_advantages
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
-from toy_entropy.plots import plt
-from toy_entropy.prefix_policy import PrefixPolicy
-from toy_entropy.report import markdown_table
+from toy_entropy.models.prefix_policy import PrefixPolicy
+from toy_entropy.runs.claims import Claim, greater_than, less_than
+from toy_entropy.runs.plots import plt
+from toy_entropy.runs.report import markdown_table
+from toy_entropy.theory.curve_stats import confidence_interval
+from toy_entropy.training.config import ConfigError, check_positive_int, check_range
 
 __all__ = ["AsymmetryConfig", "random_reward_policy", "cell_change"]
 

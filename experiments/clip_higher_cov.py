@@ -20,9 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from toy_entropy.claims import less_than
-from toy_entropy.config import check_choice, check_range
-from toy_entropy.curve_stats import finite_mean
+from toy_entropy.algorithms.losses import PolicyLossConfig
 from toy_entropy.experiments.probes import ClipHigherAdmitted
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
@@ -33,10 +31,12 @@ from toy_entropy.experiments.sweeps import (
     run_sweep,
 )
 from toy_entropy.experiments.table1 import report_table1
-from toy_entropy.losses import PolicyLossConfig
-from toy_entropy.report import SubRun, figure_curves, markdown_table
-from toy_entropy.trainer import TrainConfig
-from toy_entropy.warmstart import WarmStartConfig
+from toy_entropy.runs.claims import less_than
+from toy_entropy.runs.report import SubRun, figure_curves, markdown_table
+from toy_entropy.theory.curve_stats import finite_mean
+from toy_entropy.training.config import check_choice, check_range
+from toy_entropy.training.trainer import TrainConfig
+from toy_entropy.training.warmstart import WarmStartConfig
 
 __all__ = ["ClipHigherCovConfig", "admitted_summary"]
 

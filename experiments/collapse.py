@@ -24,10 +24,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from toy_entropy.claims import Claim, between, greater_than
-from toy_entropy.config import check_choice, check_range
-from toy_entropy.curve_stats import finite_mean, fraction_positive, share_of_change
-from toy_entropy.entropy import predicted_entropy_change
 from toy_entropy.experiments.bandit_collapse import (
     BanditCollapseConfig,
     curves,
@@ -39,8 +35,12 @@ from toy_entropy.experiments.probes import ACCURACY_BUCKETS, covariance_by_accur
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import RunSpec, group_by_variant, log_seed_bands, run_sweep
 from toy_entropy.experiments.table1 import report_table1
-from toy_entropy.report import SubRun, figure_curves
-from toy_entropy.trainer import TrainConfig
+from toy_entropy.runs.claims import Claim, between, greater_than
+from toy_entropy.runs.report import SubRun, figure_curves
+from toy_entropy.theory.curve_stats import finite_mean, fraction_positive, share_of_change
+from toy_entropy.theory.entropy import predicted_entropy_change
+from toy_entropy.training.config import check_choice, check_range
+from toy_entropy.training.trainer import TrainConfig
 
 __all__ = ["CollapseConfig", "train_config", "share_summary"]
 

@@ -3,9 +3,9 @@
 - the **k-controller** of ``entropy-targets`` (:class:`EntropyController`): integral control of
   KL-Cov's k in log space, every rollout;
 - the **adaptive entropy bonus** of Skywork-OR1 / TRL (``use_adaptive_entropy``,
-  :class:`~toy_entropy.losses.adaptive.AdaptiveEntropyCoef`): the bonus coefficient moves by
-  ``entropy_coef_delta`` after every optimiser step, up while the entropy is at or below
-  ``entropy_target``, down above it.
+  :class:`~toy_entropy.algorithms.losses.adaptive.AdaptiveEntropyCoef`): the bonus
+  coefficient moves by ``entropy_coef_delta`` after every optimiser step, up while the entropy
+  is at or below ``entropy_target``, down above it.
 
 For each target H* (nats, the response-mean entropy of the rollout): tracking error (mean
 ``|H - H*| / H*`` over the second half), overshoot (how far below H* the entropy goes once it
@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toy_entropy.claims import Claim, less_than
-from toy_entropy.config import check_range, replace_paths
-from toy_entropy.curve_stats import confidence_interval, finite_mean
 from toy_entropy.experiments.entropy_targets import KControl, tracking_error
 from toy_entropy.experiments.methods import loss_changes, methods_budget
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
@@ -35,7 +32,10 @@ from toy_entropy.experiments.sweeps import (
     publish_sweep,
     run_sweep,
 )
-from toy_entropy.trainer import TrainConfig
+from toy_entropy.runs.claims import Claim, less_than
+from toy_entropy.theory.curve_stats import confidence_interval, finite_mean
+from toy_entropy.training.config import check_range, replace_paths
+from toy_entropy.training.trainer import TrainConfig
 
 __all__ = ["ControllersConfig", "overshoot", "settling_step"]
 

@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from toy_entropy.claims import Claim, between, greater_than, less_than
-from toy_entropy.config import ConfigError, check_choice, check_range, replace_paths
-from toy_entropy.curve_stats import confidence_interval, finite_mean, rank_correlation
+from toy_entropy.algorithms.losses import masked_token_covariance
+from toy_entropy.algorithms.losses.diagnostics import PAPER_TABLE1
 from toy_entropy.experiments.methods import loss_changes, method_stats, methods_claims
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
@@ -40,13 +39,14 @@ from toy_entropy.experiments.sweeps import (
     run_sweep,
 )
 from toy_entropy.experiments.table1 import report_table1
-from toy_entropy.losses import masked_token_covariance
-from toy_entropy.losses.diagnostics import PAPER_TABLE1
-from toy_entropy.report import SubRun, figure_curves, markdown_table
-from toy_entropy.rollout import Rollout
-from toy_entropy.scale_presets import parse_task_kwargs
-from toy_entropy.trainer import TrainConfig
-from toy_entropy.warmstart import WarmStartConfig
+from toy_entropy.runs.claims import Claim, between, greater_than, less_than
+from toy_entropy.runs.report import SubRun, figure_curves, markdown_table
+from toy_entropy.theory.curve_stats import confidence_interval, finite_mean, rank_correlation
+from toy_entropy.training.config import ConfigError, check_choice, check_range, replace_paths
+from toy_entropy.training.rollout import Rollout
+from toy_entropy.training.scale_presets import parse_task_kwargs
+from toy_entropy.training.trainer import TrainConfig
+from toy_entropy.training.warmstart import WarmStartConfig
 
 __all__ = [
     "CURE_METHODS",

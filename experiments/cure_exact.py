@@ -1,11 +1,11 @@
 """cure-exact: why Clip-Cov and KL-Cov work when the token covariance is heavy-tailed, noise-free.
 
-An exact tabular prefix policy (:mod:`toy_entropy.prefix_policy`) with an LLM-like warm-start
+An exact tabular prefix policy (:mod:`toy_entropy.models.prefix_policy`) with an LLM-like warm-start
 profile: every prompt has one correct response of length L; at scaffold positions the policy
 puts ``1 - eps`` on the determined token and spreads ``eps`` over the other V - 1 tokens
 (distractors, EOS included); at fork positions the correct token has ``fork_correct``, a decoy
 the rest but ``eps``, which the others share. Reward 1 for the correct response.
-The expected dynamics (:func:`toy_entropy.exact_selection.expected_run`, natural-gradient
+The expected dynamics (:func:`toy_entropy.algorithms.exact_selection.expected_run`, natural-gradient
 steps on the exact token batch, GRPO advantages, the all-equal filter) of GRPO, Clip-Cov and
 KL-Cov run from the same start without any sampling noise.
 
@@ -25,14 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from toy_entropy.claims import Claim, greater_than
-from toy_entropy.config import check_positive_int, check_range
-from toy_entropy.curve_stats import rank_correlation
-from toy_entropy.exact_selection import expected_run, tail_statistics, token_table
+from toy_entropy.algorithms.exact_selection import expected_run, tail_statistics, token_table
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
-from toy_entropy.plots import plt
-from toy_entropy.prefix_policy import PrefixPolicy
-from toy_entropy.report import markdown_table
+from toy_entropy.models.prefix_policy import PrefixPolicy
+from toy_entropy.runs.claims import Claim, greater_than
+from toy_entropy.runs.plots import plt
+from toy_entropy.runs.report import markdown_table
+from toy_entropy.theory.curve_stats import rank_correlation
+from toy_entropy.training.config import check_positive_int, check_range
 
 __all__ = ["ExactConfig", "fork_profile", "map_cell"]
 

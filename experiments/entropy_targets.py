@@ -25,17 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from toy_entropy.claims import Claim, less_than
-from toy_entropy.config import check_choice, check_range, replace_paths
-from toy_entropy.curve_stats import rank_correlation
-from toy_entropy.entropy import masked_response_mean
 from toy_entropy.experiments.methods import loss_changes, methods_budget
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import RunSpec, group_by_variant, log_seed_bands, run_sweep
 from toy_entropy.experiments.table1 import report_table1
-from toy_entropy.report import SubRun, figure_curves, markdown_table
-from toy_entropy.rollout import Rollout
-from toy_entropy.trainer import TrainConfig
+from toy_entropy.runs.claims import Claim, less_than
+from toy_entropy.runs.report import SubRun, figure_curves, markdown_table
+from toy_entropy.theory.curve_stats import rank_correlation
+from toy_entropy.theory.entropy import masked_response_mean
+from toy_entropy.training.config import check_choice, check_range, replace_paths
+from toy_entropy.training.rollout import Rollout
+from toy_entropy.training.trainer import TrainConfig
 
 __all__ = ["EntropyController", "EntropyTargetsConfig", "KControl", "KNOBS", "tracking_error"]
 

@@ -24,9 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from toy_entropy.claims import Claim, greater_than, less_than
-from toy_entropy.config import check_choice, check_range, replace_paths
-from toy_entropy.curve_stats import confidence_interval, finite_mean
 from toy_entropy.experiments.methods import loss_changes, methods_budget
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
@@ -36,8 +33,11 @@ from toy_entropy.experiments.sweeps import (
     publish_sweep,
     run_sweep,
 )
-from toy_entropy.model import MODEL_SIZES
-from toy_entropy.trainer import TrainConfig
+from toy_entropy.models.model import MODEL_SIZES
+from toy_entropy.runs.claims import Claim, greater_than, less_than
+from toy_entropy.theory.curve_stats import confidence_interval, finite_mean
+from toy_entropy.training.config import check_choice, check_range, replace_paths
+from toy_entropy.training.trainer import TrainConfig
 
 __all__ = ["SUBSETS", "ForkingTokensConfig"]
 
@@ -67,7 +67,7 @@ class ForkingTokensConfig:
     train: TrainConfig = field(default_factory=forking_budget)
     """every run's budget; the methods change its loss, the sizes its model_size"""
     model_sizes: tuple[str, ...] = ("cpu-nano", "cpu-micro", "cpu-small")
-    """model sizes (toy_entropy.model.MODEL_SIZES), smallest first"""
+    """model sizes (toy_entropy.models.model.MODEL_SIZES), smallest first"""
     num_seeds: int = 2
     """seeds per method and size"""
     workers: int = 0

@@ -18,8 +18,8 @@ scale (actual ~ slope * predictor).
 
 Two policies:
 
-- ``prefix``: the exact tabular prefix policy (``toy_entropy.prefix_policy``): every response is
-  enumerable, so the *true* change of the dataset entropy H(pi, D) is exact, and it splits into
+- ``prefix``: the exact tabular prefix policy (``toy_entropy.models.prefix_policy``): every response
+  is enumerable, so the *true* change of the dataset entropy H(pi, D) is exact, and it splits into
   the per-state part the identity covers and the state-distribution shift the paper ignores
   (``PrefixPolicy.entropy_change_split``). GRPO with sampled groups, the loss library's ``pg``
   loss (token-mean), plain gradient steps on the logits (tabular vanilla PG).
@@ -35,19 +35,19 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from toy_entropy.advantages import compute_advantages
-from toy_entropy.claims import Claim, greater_than, less_than
-from toy_entropy.config import check_choice, check_positive_int, check_range
-from toy_entropy.curve_stats import agreement
-from toy_entropy.entropy import masked_token_mean
+from toy_entropy.algorithms.advantages import compute_advantages
+from toy_entropy.algorithms.losses import PolicyLossConfig, policy_loss
 from toy_entropy.experiments.probes import granularity_covariances, sequence_covariance
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import RunSpec, group_by_variant, run_sweep
-from toy_entropy.losses import PolicyLossConfig, policy_loss
-from toy_entropy.prefix_policy import PrefixPolicy
-from toy_entropy.report import SubRun, figure_identity, markdown_table
-from toy_entropy.tb_layout import add_layout
-from toy_entropy.trainer import TrainConfig
+from toy_entropy.models.prefix_policy import PrefixPolicy
+from toy_entropy.runs.claims import Claim, greater_than, less_than
+from toy_entropy.runs.report import SubRun, figure_identity, markdown_table
+from toy_entropy.runs.tb_layout import add_layout
+from toy_entropy.theory.curve_stats import agreement
+from toy_entropy.theory.entropy import masked_token_mean
+from toy_entropy.training.config import check_choice, check_positive_int, check_range
+from toy_entropy.training.trainer import TrainConfig
 
 __all__ = ["IdentityConfig", "PREDICTORS", "prefix_run", "target_rewards"]
 

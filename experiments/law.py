@@ -21,10 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from toy_entropy.advantages import ADVANTAGE_ESTIMATORS
-from toy_entropy.claims import Claim, greater_than, less_than
-from toy_entropy.config import check_choice, check_range, replace_paths
-from toy_entropy.curve_stats import moving_average
+from toy_entropy.algorithms.advantages import ADVANTAGE_ESTIMATORS
 from toy_entropy.experiments.methods import loss_changes
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
@@ -35,10 +32,13 @@ from toy_entropy.experiments.sweeps import (
     run_sweep,
 )
 from toy_entropy.experiments.table1 import report_table1
-from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
-from toy_entropy.model import MODEL_SIZES
-from toy_entropy.report import SubRun, figure_law, markdown_table
-from toy_entropy.trainer import TrainConfig
+from toy_entropy.models.model import MODEL_SIZES
+from toy_entropy.runs.claims import Claim, greater_than, less_than
+from toy_entropy.runs.report import SubRun, figure_law, markdown_table
+from toy_entropy.theory.curve_stats import moving_average
+from toy_entropy.theory.lawfit import extrapolate_law, fit_entropy_reward_law
+from toy_entropy.training.config import check_choice, check_range, replace_paths
+from toy_entropy.training.trainer import TrainConfig
 
 __all__ = ["LawConfig", "INTERVENTIONS", "run_law", "spread_z"]
 

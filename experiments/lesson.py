@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toy_entropy.claims import Claim, greater_than, less_than
-from toy_entropy.config import flat_config
 from toy_entropy.experiments.methods import MethodsConfig, method_config
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
@@ -43,16 +41,18 @@ from toy_entropy.experiments.sweeps import (
     step_band,
 )
 from toy_entropy.experiments.training_runs import identity_figure, identity_stats, law_summary
-from toy_entropy.lawfit import fit_entropy_reward_law
-from toy_entropy.report import (
+from toy_entropy.runs.claims import Claim, greater_than, less_than
+from toy_entropy.runs.report import (
     SubRun,
     axis_label,
     claims_markdown,
     figure_curves,
     figure_law,
 )
-from toy_entropy.tb_layout import band_tags
-from toy_entropy.trainer import TrainConfig
+from toy_entropy.runs.tb_layout import band_tags
+from toy_entropy.theory.lawfit import fit_entropy_reward_law
+from toy_entropy.training.config import flat_config
+from toy_entropy.training.trainer import TrainConfig
 
 __all__ = ["CURE_SETTINGS", "LessonConfig", "lesson_layout", "varying_fields"]
 
@@ -128,7 +128,7 @@ def lesson_layout(band_keys: tuple[str, ...]) -> dict:
 
 def varying_fields(configs: dict[str, dict]) -> list[str]:
     """The config fields whose values differ between the ``{name: flat config}`` given
-    (:func:`toy_entropy.config.flat_config`)."""
+    (:func:`toy_entropy.training.config.flat_config`)."""
     first = next(iter(configs.values()))
     return [key for key in first if any(c.get(key) != first[key] for c in configs.values())]
 

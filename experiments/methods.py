@@ -30,9 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from toy_entropy.claims import Claim, between, greater_than, less_than
-from toy_entropy.config import check_choice, check_range, replace_paths
-from toy_entropy.curve_stats import finite_mean, rank_correlation
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
     RunResult,
@@ -42,9 +39,12 @@ from toy_entropy.experiments.sweeps import (
     run_sweep,
 )
 from toy_entropy.experiments.table1 import report_table1
-from toy_entropy.report import SubRun, figure_curves, markdown_table
-from toy_entropy.trainer import TrainConfig
-from toy_entropy.warmstart import WarmStartConfig
+from toy_entropy.runs.claims import Claim, between, greater_than, less_than
+from toy_entropy.runs.report import SubRun, figure_curves, markdown_table
+from toy_entropy.theory.curve_stats import finite_mean, rank_correlation
+from toy_entropy.training.config import check_choice, check_range, replace_paths
+from toy_entropy.training.trainer import TrainConfig
+from toy_entropy.training.warmstart import WarmStartConfig
 
 __all__ = [
     "METHODS",

@@ -1,7 +1,7 @@
 """predictors: a leaderboard of per-token predictors of the entropy change, against the exact one.
 
-On the exact batch of a prefix policy (:func:`~toy_entropy.exact_selection.token_table`: GRPO
-advantages, token-mean weights, the all-equal filter) a "token" is a (prompt, state, action)
+On the exact batch of a prefix policy (:func:`~toy_entropy.algorithms.exact_selection.token_table`:
+GRPO advantages, token-mean weights, the all-equal filter) a "token" is a (prompt, state, action)
 atom with token mass ``D`` (its share of the batch's tokens). The update is the tabular
 natural gradient of the PPO surrogate of one rollout: ``dz(s, a) = eta * M(s, a) / D(s, a)``
 with ``M = sum_i w_i A_i r_i keep_i`` over the atom's tokens (r the importance ratio, keep = 0
@@ -21,7 +21,7 @@ that atom's logit moves by its ``dz``. Predictors, in nats:
 Two phases: the first, on-policy update of a rollout (ratio 1, no clip acts: the aware and
 unaware variants coincide) and update ``off_policy_update`` of the same rollout (after that
 many - 1 clipped steps). Measured per predictor: Pearson correlation and sign agreement with
-the exact change over the tokens (:func:`~toy_entropy.curve_stats.agreement`), relative L1
+the exact change over the tokens (:func:`~toy_entropy.theory.curve_stats.agreement`), relative L1
 error ``sum |pred - exact| / sum |exact|``, and the share of the total |dH| in the top
 0.02% / 0.2% / 2% of the token mass that the predictor ranks highest (by |pred| per token);
 and the same shares ranked by the exact change itself.
@@ -35,16 +35,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from toy_entropy.claims import Claim, greater_than
-from toy_entropy.config import check_positive_int, check_range
-from toy_entropy.curve_stats import agreement, confidence_interval
-from toy_entropy.exact_ppo import clip_config
-from toy_entropy.exact_selection import TokenTable, token_table, top_mass
+from toy_entropy.algorithms.exact_ppo import clip_config
+from toy_entropy.algorithms.exact_selection import TokenTable, token_table, top_mass
+from toy_entropy.algorithms.losses.ratio import ratio_terms
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sample_polarity import PolarityConfig, polarity_task
-from toy_entropy.losses.ratio import ratio_terms
-from toy_entropy.prefix_policy import PrefixPolicy
-from toy_entropy.report import markdown_table
+from toy_entropy.models.prefix_policy import PrefixPolicy
+from toy_entropy.runs.claims import Claim, greater_than
+from toy_entropy.runs.report import markdown_table
+from toy_entropy.theory.curve_stats import agreement, confidence_interval
+from toy_entropy.training.config import check_positive_int, check_range
 
 __all__ = ["PredictorsConfig", "token_predictions", "PREDICTORS", "TOP_FRACTIONS"]
 

@@ -8,8 +8,8 @@
 - :class:`ClipHigherAdmitted`, an update probe: at every optimiser step, the covariance of the
   tokens that clip-higher admits beyond the symmetric clip (the paper: about -0.03).
 
-All take the :class:`~toy_entropy.rollout.Rollout` of ``Trainer.rollout`` (or any object with
-the same attributes) and compute on its device; the hooks return host floats.
+All take the :class:`~toy_entropy.training.rollout.Rollout` of ``Trainer.rollout`` (or any object
+with the same attributes) and compute on its device; the hooks return host floats.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from toy_entropy.losses import masked_token_covariance
-from toy_entropy.rollout import Rollout
+from toy_entropy.algorithms.losses import masked_token_covariance
+from toy_entropy.training.rollout import Rollout
 
 __all__ = [
     "ACCURACY_BUCKETS",

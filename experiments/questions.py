@@ -5,10 +5,10 @@ Each part answers one public thread without the transformer trainer. ``parts`` s
 - ``band`` (PRIME-RL/Entropy-Mechanism-of-RL #10): Clip-Cov's covariance band
   ``(lb, ub)`` in {-inf, 0, 1} x {2, 5, +inf} and its pick among the candidates (uniform
   random, as the reference code, or the top covariance) at r = 2e-4. Exact expected updates
-  (:mod:`toy_entropy.exact_selection`) on the warm-start-like prefix policies of ``cure-exact``
-  (:func:`~toy_entropy.experiments.cure_exact.fork_profile`): entropy relative to GRPO's and
-  expected reward minus GRPO's at the step where GRPO's entropy first falls below 10% of its
-  start, and over ``horizon_factor`` times that many steps the largest one-step entropy rise
+  (:mod:`toy_entropy.algorithms.exact_selection`) on the warm-start-like prefix policies of
+  ``cure-exact`` (:func:`~toy_entropy.experiments.cure_exact.fork_profile`): entropy relative to
+  GRPO's and expected reward minus GRPO's at the step where GRPO's entropy first falls below 10% of
+  its start, and over ``horizon_factor`` times that many steps the largest one-step entropy rise
   (a surge) and the roughness of the entropy curve (stability).
 - ``theorem`` (#5): KL-Cov's top-k selection ranked by Theorem 2's ``Cov(log pi, A)`` (the
   code's) or Theorem 1's ``Cov(log pi, pi A)``, at the same k, so at the same number of
@@ -19,12 +19,12 @@ Each part answers one public thread without the transformer trainer. ``parts`` s
   optimum, ``-mean_p log P(correct | p)`` = KL(pi* || pi) (nats), under GRPO's std-normalised
   advantages and under Dr. GRPO's ``R - mu``.
 - ``local`` (verl-project/verl #7818 / #7829, and #20 above): selection made per micro-batch
-  and per rank (:mod:`toy_entropy.local_selection`) against the batch-global selection, on token
-  batches sampled from the exact policy (``num_seeds`` batches, 95% Student-t intervals): the
-  selected-count ratio, the Jaccard overlap and the recall of the global set (KL-Cov), and the
+  and per rank (:mod:`toy_entropy.algorithms.local_selection`) against the batch-global selection,
+  on token batches sampled from the exact policy (``num_seeds`` batches, 95% Student-t intervals):
+  the selected-count ratio, the Jaccard overlap and the recall of the global set (KL-Cov), and the
   Jaccard overlap of Clip-Cov's candidate band.
 - ``units``: each codebase's ratio knob and the tokens it selects at 1e5 tokens
-  (:mod:`toy_entropy.units`).
+  (:mod:`toy_entropy.theory.units`).
 
 The exact parts have no sampling noise, so they have no seeds and no intervals.
 """
@@ -38,21 +38,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from toy_entropy.advantages import compute_advantages, filter_uniform_groups
-from toy_entropy.claims import Claim, between, greater_than, less_than
-from toy_entropy.config import check_choice, check_positive_int, check_range
-from toy_entropy.curve_stats import confidence_interval
-from toy_entropy.exact_selection import expected_run, optimum_distance
+from toy_entropy.algorithms.advantages import compute_advantages, filter_uniform_groups
+from toy_entropy.algorithms.exact_selection import expected_run, optimum_distance
+from toy_entropy.algorithms.local_selection import (
+    band_candidates,
+    local_selection,
+    selection_agreement,
+)
+from toy_entropy.algorithms.losses.config import PolicyLossConfig
 from toy_entropy.experiments.cure import roughness
 from toy_entropy.experiments.cure_exact import fork_profile
 from toy_entropy.experiments.identity import _sampled_rewards
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
-from toy_entropy.local_selection import band_candidates, local_selection, selection_agreement
-from toy_entropy.losses.config import PolicyLossConfig
-from toy_entropy.plots import plt
-from toy_entropy.prefix_policy import PrefixPolicy
-from toy_entropy.report import markdown_table
-from toy_entropy.units import units_rows
+from toy_entropy.models.prefix_policy import PrefixPolicy
+from toy_entropy.runs.claims import Claim, between, greater_than, less_than
+from toy_entropy.runs.plots import plt
+from toy_entropy.runs.report import markdown_table
+from toy_entropy.theory.curve_stats import confidence_interval
+from toy_entropy.theory.units import units_rows
+from toy_entropy.training.config import check_choice, check_positive_int, check_range
 
 __all__ = ["QuestionsConfig", "PARTS", "sampled_token_batch"]
 

@@ -28,9 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from toy_entropy.claims import Claim, greater_than, less_than
-from toy_entropy.config import check_choice, check_range, replace_paths
-from toy_entropy.curve_stats import rank_correlation
 from toy_entropy.experiments.cure import (
     CURE_METHODS,
     ForkRegime,
@@ -48,7 +45,10 @@ from toy_entropy.experiments.sweeps import (
     publish_sweep,
     run_sweep,
 )
-from toy_entropy.trainer import TrainConfig
+from toy_entropy.runs.claims import Claim, greater_than, less_than
+from toy_entropy.theory.curve_stats import rank_correlation
+from toy_entropy.training.config import check_choice, check_range, replace_paths
+from toy_entropy.training.trainer import TrainConfig
 
 __all__ = ["CLIP_HIGHER_METHODS", "QuestionsTrainingConfig", "largest_surge", "run_specs"]
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from toy_entropy.claims import Claim
 from toy_entropy.experiments.catalogue import EXPERIMENT_MODULES
-from toy_entropy.runlog import RunWriter
+from toy_entropy.runs.claims import Claim
+from toy_entropy.runs.runlog import RunWriter
 
 __all__ = [
     "Experiment",

@@ -8,8 +8,8 @@ lambda = 0.1) does best. RLVR-Decomposed #6 disputes that the entropy lift survi
 PPO's clip and off-policy mini-batches.
 
 Entropy and pass@k are exact; the training batch is sampled: ``group_size`` responses per
-prompt per rollout (:func:`~toy_entropy.exact_ppo.sampled_responses`), seeded, several seeds.
-With the exact expected batch instead (``group_size`` 0, infinitely many samples) the methods
+prompt per rollout (:func:`~toy_entropy.algorithms.exact_ppo.sampled_responses`), seeded, several
+seeds. With the exact expected batch instead (``group_size`` 0, infinitely many samples) the methods
 cannot differ on-policy: ``E[1{correct} grad log pi] = -E[1{wrong} grad log pi]`` since
 ``E[grad log pi] = 0``, so PSR, NSR and W-REINFORCE follow the same gradient direction
 (lambda only rescales the step by 1 + lambda); the experiment checks this exactly. Every
@@ -36,22 +36,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from toy_entropy.advantages import compute_advantages
-from toy_entropy.claims import Claim, greater_than, less_than
-from toy_entropy.config import check_positive_int, check_range
-from toy_entropy.curve_stats import confidence_interval
-from toy_entropy.exact_ppo import (
+from toy_entropy.algorithms.advantages import compute_advantages
+from toy_entropy.algorithms.exact_ppo import (
     ExactBatch,
     clip_config,
     ppo_updates,
     rollout_batch,
     sampled_responses,
 )
-from toy_entropy.exact_selection import exact_group_advantages
+from toy_entropy.algorithms.exact_selection import exact_group_advantages
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
-from toy_entropy.plots import plt
-from toy_entropy.prefix_policy import PrefixPolicy
-from toy_entropy.report import markdown_table
+from toy_entropy.models.prefix_policy import PrefixPolicy
+from toy_entropy.runs.claims import Claim, greater_than, less_than
+from toy_entropy.runs.plots import plt
+from toy_entropy.runs.report import markdown_table
+from toy_entropy.theory.curve_stats import confidence_interval
+from toy_entropy.training.config import check_positive_int, check_range
 
 __all__ = ["PolarityConfig", "polarity_task", "method_weights", "train_exact"]
 

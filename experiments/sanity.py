@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toy_entropy.claims import greater_than, less_than
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.training_runs import identity_summary, law_summary, train_one_run
-from toy_entropy.trainer import TrainConfig
+from toy_entropy.runs.claims import greater_than, less_than
+from toy_entropy.training.trainer import TrainConfig
 
 
 def sanity_budget() -> TrainConfig:

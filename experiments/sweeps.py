@@ -6,8 +6,8 @@ metrics.jsonl, TensorBoard events, hparams, checkpoint) and returns :class:`RunR
 holding every step's metrics; :func:`log_seed_bands` writes one ``DIR/<variant>/seeds-mean/``
 run per variant with mean +/- std tags that the custom-scalars layout overlays.
 
-Hooks (``toy_entropy.rollout``: rollout hooks and update probes) are how experiments measure
-what the trainer does not log, without changing it; a spec's hooks are passed to its
+Hooks (``toy_entropy.training.rollout``: rollout hooks and update probes) are how experiments
+measure what the trainer does not log, without changing it; a spec's hooks are passed to its
 ``Trainer`` and their metrics join the step rows.
 """
 
@@ -26,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toy_entropy import interrupts
-from toy_entropy.config import flat_config
-from toy_entropy.curve_stats import seed_band
 from toy_entropy.experiments.registry import RunContext
 from toy_entropy.experiments.training_runs import log_run_end
-from toy_entropy.report import SubRun, figure_curves, markdown_table
-from toy_entropy.rollout import RolloutHook, UpdateProbe
-from toy_entropy.tb_layout import add_layout, band_tags
-from toy_entropy.trainer import TrainConfig, Trainer, resume_state
+from toy_entropy.runs.report import SubRun, figure_curves, markdown_table
+from toy_entropy.runs.tb_layout import add_layout, band_tags
+from toy_entropy.theory.curve_stats import seed_band
+from toy_entropy.training import interrupts
+from toy_entropy.training.config import flat_config
+from toy_entropy.training.rollout import RolloutHook, UpdateProbe
+from toy_entropy.training.trainer import TrainConfig, Trainer, resume_state
 
 __all__ = [
     "RunSpec",
@@ -212,8 +212,9 @@ def run_sweep(specs: Sequence[RunSpec], context: RunContext, workers: int = 0) -
     Returns the results in the order of ``specs``. Warm starts shared by several specs are
     made once, before the runs start, so that parallel runs do not repeat them. On a stop
     request (SIGINT / SIGTERM, passed on to the workers) the runs in flight finish their step
-    and checkpoint it, queued runs do not start, and :class:`~toy_entropy.interrupts.Interrupted`
-    is raised once every worker has stopped; ``--resume`` then continues the sweep.
+    and checkpoint it, queued runs do not start, and
+    :class:`~toy_entropy.training.interrupts.Interrupted` is raised once every worker has stopped;
+    ``--resume`` then continues the sweep.
     """
     if len({spec.sub_run for spec in specs}) != len(specs):
         raise ValueError("run_sweep: two specs have the same variant and seed")

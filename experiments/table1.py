@@ -1,7 +1,7 @@
 """The paper's Table 1 row next to ours: the tail of the token covariance at step 1.
 
 Every training experiment that logs the covariance diagnostics (``cov/...``, from
-:func:`toy_entropy.losses.diagnostics.covariance_metrics`) can print this row: the mean
+:func:`toy_entropy.algorithms.losses.diagnostics.covariance_metrics`) can print this row: the mean
 covariance of the top 0.02% / 0.2% / 2% / 20% of the tokens, the mean over all tokens, the tail
 ratio (top-0.02% mean / mean) and the share of the positive covariance the top tokens hold, at
 the first RL step (the mean over that step's optimisation batches), averaged over runs.
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from toy_entropy.curve_stats import finite_mean
+from toy_entropy.algorithms.losses.diagnostics import COV_TOP_FRACTIONS, PAPER_TABLE1
 from toy_entropy.experiments.registry import RunContext
 from toy_entropy.experiments.sweeps import RunResult
-from toy_entropy.losses.diagnostics import COV_TOP_FRACTIONS, PAPER_TABLE1
-from toy_entropy.report import markdown_table
+from toy_entropy.runs.report import markdown_table
+from toy_entropy.theory.curve_stats import finite_mean
 
 __all__ = ["table1_measured", "table1_table", "report_table1"]
 

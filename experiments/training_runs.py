@@ -6,13 +6,13 @@ from functools import partial
 
 import numpy as np
 
-from toy_entropy.config import flat_config
 from toy_entropy.experiments.registry import RunContext
-from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
-from toy_entropy.plots import plt, scatter_identity
-from toy_entropy.runlog import RunWriter, tensorboard_tag
-from toy_entropy.tb_layout import add_layout
-from toy_entropy.trainer import TrainConfig, Trainer, resume_state
+from toy_entropy.runs.plots import plt, scatter_identity
+from toy_entropy.runs.runlog import RunWriter, tensorboard_tag
+from toy_entropy.runs.tb_layout import add_layout
+from toy_entropy.theory.lawfit import extrapolate_law, fit_entropy_reward_law
+from toy_entropy.training.config import flat_config
+from toy_entropy.training.trainer import TrainConfig, Trainer, resume_state
 
 __all__ = [
     "train_one_run",

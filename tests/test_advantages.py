@@ -5,7 +5,11 @@ import math
 import pytest
 import torch
 
-from toy_entropy.advantages import ADVANTAGE_ESTIMATORS, compute_advantages, filter_uniform_groups
+from toy_entropy.algorithms.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    compute_advantages,
+    filter_uniform_groups,
+)
 
 REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [3.0, 1.0, 2.0, 2.0], [1.0, 1.0, 1.0, 1.0]])
 

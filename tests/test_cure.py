@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from toy_entropy.config import ConfigError, replace_paths
 from toy_entropy.experiments.cli import main
 from toy_entropy.experiments.cure import CureConfig, ForkRegime, cure_train_config, roughness
+from toy_entropy.training.config import ConfigError, replace_paths
 
 TINY_CURE = [
     "methods=grpo,kl-cov-2e-3", "num_seeds=2", "train.total_steps=2", "train.num_prompts=4",
@@ -91,7 +91,7 @@ def test_roughness_of_known_curves():
 
 
 def test_runs_sharing_a_warm_start_seed_start_from_one_model(tmp_path, monkeypatch, one_thread):
-    from toy_entropy.trainer import Trainer
+    from toy_entropy.training.trainer import Trainer
 
     monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
     tiny = replace_paths(
@@ -112,7 +112,7 @@ def test_runs_sharing_a_warm_start_seed_start_from_one_model(tmp_path, monkeypat
 def test_filtered_groups_are_scored_with_their_own_tokens(tmp_path, monkeypatch, one_thread):
     """With the all-equal group filter, the loss mask drops filtered rows but attention must
     not: their log-probs and entropy are those the policy sampled with."""
-    from toy_entropy.trainer import Trainer
+    from toy_entropy.training.trainer import Trainer
 
     monkeypatch.setenv("TOY_ENTROPY_CACHE", str(tmp_path / "cache"))
     tiny = replace_paths(

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from toy_entropy.curve_stats import (
+from toy_entropy.theory.curve_stats import (
     agreement,
     bucket_means,
     finite_mean,
@@ -108,7 +108,7 @@ def test_agreement_of_a_scaled_predictor():
 
 
 def test_confidence_interval_uses_student_t():
-    from toy_entropy.curve_stats import confidence_interval
+    from toy_entropy.theory.curve_stats import confidence_interval
 
     mean, half = confidence_interval([1.0, 2.0, 3.0])  # std 1, n 3, t_{0.975, 2} = 4.303
     assert mean == 2.0 and half == pytest.approx(4.303 / np.sqrt(3))

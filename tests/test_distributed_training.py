@@ -13,10 +13,10 @@ import torch.distributed
 import torch.multiprocessing
 from grad_capture import first_step_gradients
 
-from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
-from toy_entropy.config import replace_paths
-from toy_entropy.parallel import DataParallel
-from toy_entropy.trainer import TrainConfig, Trainer
+from toy_entropy.training.checkpoint import latest_checkpoint, load_checkpoint
+from toy_entropy.training.config import replace_paths
+from toy_entropy.training.parallel import DataParallel
+from toy_entropy.training.trainer import TrainConfig, Trainer
 
 WORLD = 2
 # 8 prompts x 8 responses; per rank 4 prompts; 2 mini-batches of 16 rows per rank, in 2

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from toy_entropy.entropy import (
+from toy_entropy.theory.entropy import (
     dataset_entropy,
     entropy_from_logits,
     logprob_logit_covariance,

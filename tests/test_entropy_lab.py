@@ -5,11 +5,16 @@ import json
 import pytest
 import torch
 
-from toy_entropy.exact_ppo import clip_config, ppo_updates, rollout_batch, sampled_responses
+from toy_entropy.algorithms.exact_ppo import (
+    clip_config,
+    ppo_updates,
+    rollout_batch,
+    sampled_responses,
+)
 from toy_entropy.experiments.cli import main
 from toy_entropy.experiments.predictors import PredictorsConfig, token_predictions
 from toy_entropy.experiments.sample_polarity import method_weights, polarity_task
-from toy_entropy.prefix_policy import PrefixPolicy
+from toy_entropy.models.prefix_policy import PrefixPolicy
 
 
 def _run(name: str, overrides: list[str], out) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toy_entropy.exact_selection import (
+from toy_entropy.algorithms.exact_selection import (
     TokenTable,
     expected_logit_update,
     keep_fraction,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from toy_entropy.config import ConfigError
+from toy_entropy.algorithms.losses import PolicyLossConfig
 from toy_entropy.experiments.entropy_targets import EntropyController, tracking_error
 from toy_entropy.experiments.identity import IdentityConfig, prefix_run, target_rewards
 from toy_entropy.experiments.law import LawConfig, run_law, spread_z
@@ -21,8 +21,8 @@ from toy_entropy.experiments.probes import (
     token_covariance_mean,
 )
 from toy_entropy.experiments.sweeps import RunResult
-from toy_entropy.losses import PolicyLossConfig
-from toy_entropy.prefix_policy import PrefixPolicy
+from toy_entropy.models.prefix_policy import PrefixPolicy
+from toy_entropy.training.config import ConfigError
 
 
 def _batch():

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from toy_entropy.algorithms.losses import PolicyLossConfig, policy_loss
 from toy_entropy.experiments.cli import main
-from toy_entropy.losses import PolicyLossConfig, policy_loss
 from toy_entropy.train import main as train_main
 
 TINY = ["--quiet", "--set", "train.warmstart.steps=40", "--set", "train.eval_prompts=8",

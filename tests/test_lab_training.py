@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from toy_entropy.config import ConfigError
 from toy_entropy.experiments.cli import main
 from toy_entropy.experiments.controllers import ControllersConfig, overshoot, settling_step
 from toy_entropy.experiments.forking_tokens import SUBSETS, ForkingTokensConfig
+from toy_entropy.training.config import ConfigError
 
 TINY = [
     "num_seeds=2", "train.total_steps=3", "train.num_prompts=4", "train.num_mini_batches=2",

@@ -9,13 +9,13 @@ import torch
 import torch.distributed
 import torch.multiprocessing
 
-from toy_entropy.losses import (
+from toy_entropy.algorithms.losses import (
     PolicyLossConfig,
     TorchDistributed,
     compute_policy_loss,
     select_tokens,
 )
-from toy_entropy.losses import fused as fused_kernels
+from toy_entropy.algorithms.losses import fused as fused_kernels
 
 WORLD = 2
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from toy_entropy.losses import (
+from toy_entropy.algorithms.losses import (
     AGG_MODES,
     POLICY_LOSSES,
     AggregationNorm,

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from toy_entropy.losses import PolicyLossConfig, compute_policy_loss, select_tokens
-from toy_entropy.losses import fused as fused_kernels
-from toy_entropy.losses.fused import clip_cov_bounds, clip_cov_scores, draw_seeds, hash31
+from toy_entropy.algorithms.losses import PolicyLossConfig, compute_policy_loss, select_tokens
+from toy_entropy.algorithms.losses import fused as fused_kernels
+from toy_entropy.algorithms.losses.fused import clip_cov_bounds, clip_cov_scores, draw_seeds, hash31
 
 
 def _batch(rows: int, length: int, seed: int) -> dict[str, torch.Tensor]:

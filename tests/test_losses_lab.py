@@ -4,7 +4,7 @@ W-REINFORCE), the batch-global top entropy quantile and the adaptive entropy coe
 import pytest
 import torch
 
-from toy_entropy.losses import (
+from toy_entropy.algorithms.losses import (
     AdaptiveEntropyCoef,
     PolicyLossConfig,
     compute_policy_loss,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from toy_entropy.losses import (
+from toy_entropy.algorithms.losses import (
     AGG_MODES,
     POLICY_LOSSES,
     PolicyLossConfig,
@@ -13,8 +13,8 @@ from toy_entropy.losses import (
     policy_loss,
     select_tokens,
 )
-from toy_entropy.losses.diagnostics import COV_TOP_FRACTIONS, count_of_fraction
-from toy_entropy.losses.distributed import top_values
+from toy_entropy.algorithms.losses.diagnostics import COV_TOP_FRACTIONS, count_of_fraction
+from toy_entropy.algorithms.losses.distributed import top_values
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toy_entropy.model import GPT, MODEL_SIZES, GPTConfig, KVCache, sample_categorical
+from toy_entropy.models.model import GPT, MODEL_SIZES, GPTConfig, KVCache, sample_categorical
 
 PAD, EOS, VOCAB = 0, 1, 13
 

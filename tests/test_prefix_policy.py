@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from toy_entropy.entropy import dataset_entropy
-from toy_entropy.prefix_policy import PrefixPolicy
+from toy_entropy.models.prefix_policy import PrefixPolicy
+from toy_entropy.theory.entropy import dataset_entropy
 
 EOS = 1
 

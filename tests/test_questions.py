@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from toy_entropy.exact_selection import (
+from toy_entropy.algorithms.exact_selection import (
     TokenTable,
     entropy_bonus_update,
     expected_run,
@@ -17,20 +17,20 @@ from toy_entropy.exact_selection import (
     token_table,
     with_score,
 )
-from toy_entropy.experiments.cli import main
-from toy_entropy.experiments.cure_exact import fork_profile
-from toy_entropy.experiments.questions import sampled_token_batch
-from toy_entropy.local_selection import (
+from toy_entropy.algorithms.local_selection import (
     band_candidates,
     local_selection,
     row_chunks,
     selection_agreement,
 )
-from toy_entropy.losses.config import PolicyLossConfig
-from toy_entropy.losses.diagnostics import count_of_fraction
-from toy_entropy.metrics_table import find_metric
-from toy_entropy.prefix_policy import PrefixPolicy
-from toy_entropy.units import KNOBS, selected_count, units_rows
+from toy_entropy.algorithms.losses.config import PolicyLossConfig
+from toy_entropy.algorithms.losses.diagnostics import count_of_fraction
+from toy_entropy.experiments.cli import main
+from toy_entropy.experiments.cure_exact import fork_profile
+from toy_entropy.experiments.questions import sampled_token_batch
+from toy_entropy.models.prefix_policy import PrefixPolicy
+from toy_entropy.runs.metrics_table import find_metric
+from toy_entropy.theory.units import KNOBS, selected_count, units_rows
 
 
 def _table(weight, cov, log_prob=None, advantage=None) -> TokenTable:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from toy_entropy.config import ConfigError
 from toy_entropy.experiments.cli import main
 from toy_entropy.experiments.questions_training import (
     CLIP_HIGHER_METHODS,
@@ -15,6 +14,7 @@ from toy_entropy.experiments.questions_training import (
     largest_surge,
     run_specs,
 )
+from toy_entropy.training.config import ConfigError
 
 TINY = [
     "num_seeds=2", "train.total_steps=2", "train.num_prompts=4", "fork.num_forks=1",

@@ -14,16 +14,16 @@ import pytest
 import torch
 
 import toy_entropy.envs  # noqa: F401
-from toy_entropy.advantages import compute_advantages
-from toy_entropy.checkpoint import load_checkpoint
-from toy_entropy.config import ConfigError, replace_paths
-from toy_entropy.entropy import entropy_from_logits
+from toy_entropy.algorithms.advantages import compute_advantages
+from toy_entropy.algorithms.losses import PolicyLossConfig, policy_loss
 from toy_entropy.envs.bandit_problem import make_bandit_problem
 from toy_entropy.envs.sequence import make_task
 from toy_entropy.experiments.cli import main
-from toy_entropy.lawfit import fit_entropy_reward_law
-from toy_entropy.losses import PolicyLossConfig, policy_loss
-from toy_entropy.trainer import NonFiniteError, TrainConfig, Trainer
+from toy_entropy.theory.entropy import entropy_from_logits
+from toy_entropy.theory.lawfit import fit_entropy_reward_law
+from toy_entropy.training.checkpoint import load_checkpoint
+from toy_entropy.training.config import ConfigError, replace_paths
+from toy_entropy.training.trainer import NonFiniteError, TrainConfig, Trainer
 
 FAST = {"warmstart.steps": 100, "total_steps": 6, "eval_every": 3, "eval_prompts": 16,
         "probe_states": 8}  # fmt: skip

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from toy_entropy.experiments.cli import main
-from toy_entropy.plots import plt
-from toy_entropy.report import (
+from toy_entropy.runs.plots import plt
+from toy_entropy.runs.report import (
     SubRun,
     curves_caption,
     figure_curves,
     figure_law,
     write_report,
 )
-from toy_entropy.tb_layout import teaching_layout
+from toy_entropy.runs.tb_layout import teaching_layout
 
 KEYS = ("entropy", "reward", "eval/greedy_accuracy", "eval/mean_at_8")
 

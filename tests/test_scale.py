@@ -5,12 +5,12 @@ import dataclasses
 import pytest
 import torch
 
-from toy_entropy.config import ConfigError, apply_overrides, config_paths
 from toy_entropy.envs.sequence import make_task
-from toy_entropy.model import GPT, GPTConfig
-from toy_entropy.parallel import DataParallel, mini_batch_rows, stratum_groups
-from toy_entropy.scale_presets import SCALE_PRESETS, parse_task_kwargs
-from toy_entropy.trainer import TrainConfig
+from toy_entropy.models.model import GPT, GPTConfig
+from toy_entropy.training.config import ConfigError, apply_overrides, config_paths
+from toy_entropy.training.parallel import DataParallel, mini_batch_rows, stratum_groups
+from toy_entropy.training.scale_presets import SCALE_PRESETS, parse_task_kwargs
+from toy_entropy.training.trainer import TrainConfig
 
 # (vocabulary, answer length incl. <eos>, parameters in millions, model preset)
 GPU_SIZES = {

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from toy_entropy.lawfit import extrapolate_law, fit_entropy_reward_law
-from toy_entropy.tabular import (
+from toy_entropy.theory.lawfit import extrapolate_law, fit_entropy_reward_law
+from toy_entropy.theory.tabular import (
     TabularSoftmaxPolicy,
     expected_logit_update,
     npg_closed_form_logits,
@@ -115,7 +115,7 @@ def test_law_bad_input(entropy, reward, message):
 
 
 def test_advantage_estimators_hand_computed():
-    from toy_entropy.advantages import compute_advantages, filter_uniform_groups
+    from toy_entropy.algorithms.advantages import compute_advantages, filter_uniform_groups
 
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
     std = torch.tensor([1.0, 0.0, 0.0, 1.0]).std().item()  # unbiased: sqrt(1/3)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toy_entropy.losses import PolicyLossConfig
-from toy_entropy.losses.diagnostics import PAPER_TABLE1, covariance_metrics
-from toy_entropy.losses.distributed import SingleProcess
+from toy_entropy.algorithms.losses import PolicyLossConfig
+from toy_entropy.algorithms.losses.diagnostics import PAPER_TABLE1, covariance_metrics
+from toy_entropy.algorithms.losses.distributed import SingleProcess
 
 
 def _metrics(cov: torch.Tensor) -> dict[str, float]:

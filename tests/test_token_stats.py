@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from toy_entropy.token_stats import (
+from toy_entropy.models.token_stats import (
     token_log_probs_and_entropy,
     token_log_probs_and_entropy_reference,
 )

@@ -8,12 +8,12 @@ import torch
 from grad_capture import first_step_gradients
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint
-from toy_entropy.config import replace_paths
 from toy_entropy.envs.sequence import SequenceVectorEnv
 from toy_entropy.experiments import RunContext
 from toy_entropy.experiments.training_runs import train_one_run
-from toy_entropy.trainer import TrainConfig, Trainer
+from toy_entropy.training.checkpoint import latest_checkpoint, load_checkpoint
+from toy_entropy.training.config import replace_paths
+from toy_entropy.training.trainer import TrainConfig, Trainer
 
 FAST = {"warmstart.steps": 150, "total_steps": 12, "eval_every": 6, "eval_prompts": 32,
         "probe_states": 16}  # fmt: skip
@@ -104,7 +104,7 @@ def test_bad_train_config_names_the_field(kwargs, field):
 def test_every_logged_key_is_in_the_metric_table():
     from pathlib import Path
 
-    from toy_entropy.metrics_table import find_metric, glossary_markdown
+    from toy_entropy.runs.metrics_table import find_metric, glossary_markdown
 
     keys = set()
     modes = [

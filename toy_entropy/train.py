@@ -7,12 +7,12 @@
     torchrun --nproc_per_node 2 -m toy_entropy.train --resume runs/two --set total_steps=20
 
 With N ranks (gloo on CPU, nccl on CUDA, one GPU per rank) the run trains as one process on
-the whole batch would (``toy_entropy.parallel``). Rank 0 writes metrics.jsonl, TensorBoard and
-the checkpoints into ``--out``; ``summary.json`` holds the last step's metrics. The run-directory
-options and rules are those of ``toy-entropy run`` (``toy_entropy.rundir``): an existing
-``--out`` needs ``--resume`` or ``--overwrite``. ``--resume`` continues from the newest checkpoint
-in ``--out/checkpoints`` (every rank reads it, so ``--out`` must be on a file system all ranks
-see) with the same options and the same number of ranks. ``--dist-timeout`` bounds how long a
+the whole batch would (``toy_entropy.training.parallel``). Rank 0 writes metrics.jsonl, TensorBoard
+and the checkpoints into ``--out``; ``summary.json`` holds the last step's metrics. The
+run-directory options and rules are those of ``toy-entropy run`` (``toy_entropy.runs.rundir``): an
+existing ``--out`` needs ``--resume`` or ``--overwrite``. ``--resume`` continues from the newest
+checkpoint in ``--out/checkpoints`` (every rank reads it, so ``--out`` must be on a file system all
+ranks see) with the same options and the same number of ranks. ``--dist-timeout`` bounds how long a
 collective waits for a frozen or dead rank. SIGINT / SIGTERM finish the step in flight,
 checkpoint it and exit 130 / 143.
 """
@@ -28,10 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed
 
-from toy_entropy import interrupts
-from toy_entropy.config import ConfigError, apply_overrides, config_to_dict
-from toy_entropy.parallel import init_from_env
-from toy_entropy.rundir import (
+from toy_entropy.runs.rundir import (
     OutDir,
     RunDirError,
     add_run_directory_options,
@@ -41,9 +38,12 @@ from toy_entropy.rundir import (
     resume_directory,
     thread_count,
 )
-from toy_entropy.runlog import RunWriter, environment_info, write_run_summary
-from toy_entropy.trainer import NonFiniteError, TrainConfig, Trainer, resume_state
-from toy_entropy.warmstart import check_cache_dir
+from toy_entropy.runs.runlog import RunWriter, environment_info, write_run_summary
+from toy_entropy.training import interrupts
+from toy_entropy.training.config import ConfigError, apply_overrides, config_to_dict
+from toy_entropy.training.parallel import init_from_env
+from toy_entropy.training.trainer import NonFiniteError, TrainConfig, Trainer, resume_state
+from toy_entropy.training.warmstart import check_cache_dir
 
 __all__ = ["main"]
 

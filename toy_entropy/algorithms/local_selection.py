@@ -4,8 +4,8 @@ The released Clip-Cov / KL-Cov code (and verl up to verl-project/verl #7829) sel
 each call of the loss: one micro-batch on one data-parallel rank. The covariance is centred on
 that micro-batch's means, and each micro-batch selects ``max(1, floor(ratio * N_micro))``
 tokens. This project selects once over the whole optimisation batch
-(:func:`toy_entropy.losses.selection.select_tokens`, docs/THEORY.md s.6). This module emulates
-the local selection on one process by running that same global selection on each chunk of
+(:func:`toy_entropy.algorithms.losses.selection.select_tokens`, docs/THEORY.md s.6). This module
+emulates the local selection on one process by running that same global selection on each chunk of
 rows, and measures how far it is from the global one.
 
 Rows are split as the trainers split them: contiguously into ``ranks`` shards, and each shard
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from toy_entropy.losses.config import PolicyLossConfig
-from toy_entropy.losses.selection import masked_token_covariance, select_tokens
+from toy_entropy.algorithms.losses.config import PolicyLossConfig
+from toy_entropy.algorithms.losses.selection import masked_token_covariance, select_tokens
 
 __all__ = ["row_chunks", "local_selection", "band_candidates", "selection_agreement"]
 

@@ -281,7 +281,7 @@ class GPT(nn.Module):
             cache: if given, ``tokens`` continue the sequences held in the cache (their keys
                 and values are appended to it) instead of starting new ones.
 
-        Use this with :func:`toy_entropy.token_stats.token_log_probs_and_entropy` to score
+        Use this with :func:`toy_entropy.models.token_stats.token_log_probs_and_entropy` to score
         long responses at large vocabularies without materialising (B, T, V) logits.
         """
         if tokens.dim() != 2 or tokens.dtype != torch.long:

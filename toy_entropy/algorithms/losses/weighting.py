@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from toy_entropy.losses.config import PolicyLossConfig
+from toy_entropy.algorithms.losses.config import PolicyLossConfig
 
 __all__ = ["policy_gradient_weights"]
 

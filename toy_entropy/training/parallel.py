@@ -10,7 +10,7 @@ one process on the concatenated batch (docs/THEORY.md s.6). What makes it so:
 - Optimisation batches: :func:`mini_batch_rows` deals each rollout's rows into mini-batches by
   strata of whole groups, so every rank holds the same number of rows of every mini-batch, and
   a mini-batch's rows in rank order are its rows in global order: the layout
-  :func:`toy_entropy.losses.select_tokens` needs to select as one process would.
+  :func:`toy_entropy.algorithms.losses.select_tokens` needs to select as one process would.
 - Loss: ``select_tokens(..., dist=DataParallel.comm)``; DDP averages the gradients over ranks,
   so the trainer multiplies each rank's loss by the world size to get their sum, the
   single-process gradient of the global token-mean (or other) loss.
@@ -35,8 +35,8 @@ import torch
 import torch.distributed
 import torch.nn as nn
 
-from toy_entropy.losses.distributed import Collectives, as_collectives
-from toy_entropy.rollout import RolloutStats
+from toy_entropy.algorithms.losses.distributed import Collectives, as_collectives
+from toy_entropy.training.rollout import RolloutStats
 
 __all__ = ["DataParallel", "HiddenStates", "init_from_env", "mini_batch_rows", "stratum_groups"]
 
@@ -61,7 +61,7 @@ class DataParallel:
 
     Args:
         dist: None for one process, else a ``torch.distributed`` process group or a
-            :class:`~toy_entropy.losses.Collectives` (e.g. ``TorchDistributed()``).
+            :class:`~toy_entropy.algorithms.losses.Collectives` (e.g. ``TorchDistributed()``).
     """
 
     def __init__(self, dist: object = None) -> None:

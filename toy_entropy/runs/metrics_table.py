@@ -1,10 +1,11 @@
 """The one table of every metric a run logs: key, TensorBoard tag, unit, meaning, producer.
 
-The metrics glossary (``docs/metrics.md``, written by ``python -m toy_entropy.metrics_table``) is
-generated from it, and a test checks that every key a short run logs is in it. A key without a
+The metrics glossary (``docs/metrics.md``, written by ``python -m toy_entropy.runs.metrics_table``)
+is generated from it, and a test checks that every key a short run logs is in it. A key without a
 slash (``entropy``) is a headline value, stored under that name in metrics.jsonl and under
 ``charts/<key>`` in TensorBoard; a key with a slash is stored as it is in both
-(``toy_entropy.runlog``). Keys written with ``<...>`` stand for a family (``cov/top_<q>%_mean``).
+(``toy_entropy.runs.runlog``). Keys written with ``<...>`` stand for a family
+(``cov/top_<q>%_mean``).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def tensorboard_tag(key: str) -> str:
     return key if "/" in key else f"charts/{key}"
 
 
-TRAINER = "toy_entropy.trainer"
-LOSSES = "toy_entropy.losses"
+TRAINER = "toy_entropy.training.trainer"
+LOSSES = "toy_entropy.algorithms.losses"
 METRICS: tuple[Metric, ...] = (
     Metric(
         "entropy",
@@ -226,7 +227,7 @@ METRICS: tuple[Metric, ...] = (
         "optimiser-step throughput (TensorBoard only)",
         TRAINER,
     ),
-    Metric("config", "-", "the resolved config", "toy_entropy.runlog", "text"),
+    Metric("config", "-", "the resolved config", "toy_entropy.runs.runlog", "text"),
     # bandits
     Metric("entropy/band_low", "nats", "seed mean - std of the sampled runs", "bandit-collapse"),
     Metric("entropy/band_high", "nats", "seed mean + std of the sampled runs", "bandit-collapse"),
@@ -377,8 +378,8 @@ def glossary_markdown() -> str:
     lines = [
         "# Metrics glossary",
         "",
-        "Generated from `toy_entropy/metrics_table.py` by "
-        "`python -m toy_entropy.metrics_table > docs/metrics.md`; do not edit by hand.",
+        "Generated from `toy_entropy/runs/metrics_table.py` by "
+        "`python -m toy_entropy.runs.metrics_table > docs/metrics.md`; do not edit by hand.",
         "",
         "A key without a slash is stored as such in metrics.jsonl and under `charts/` in "
         "TensorBoard; a key with a slash is stored as it is. `perf/...` values go to "

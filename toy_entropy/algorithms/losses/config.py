@@ -10,9 +10,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from toy_entropy.losses.aggregation import AGG_MODES
-from toy_entropy.losses.registry import POLICY_LOSSES
-from toy_entropy.losses.regularizers import KL_ESTIMATORS
+from toy_entropy.algorithms.losses.aggregation import AGG_MODES
+from toy_entropy.algorithms.losses.registry import POLICY_LOSSES
+from toy_entropy.algorithms.losses.regularizers import KL_ESTIMATORS
 
 __all__ = ["PolicyLossConfig", "QUANTILE_SCORES"]
 
@@ -78,8 +78,8 @@ class PolicyLossConfig:
     (a uniform random share, the control of the forking-token study)."""
     use_adaptive_entropy: bool = False
     """TRL / Skywork-OR1: adapt entropy_coeff after every step with
-    :class:`~toy_entropy.losses.adaptive.AdaptiveEntropyCoef` (+delta at or below the target
-    entropy, -delta above it, clamped to [entropy_coef_min, entropy_coef_max])."""
+    :class:`~toy_entropy.algorithms.losses.adaptive.AdaptiveEntropyCoef` (+delta at or below the
+    target entropy, -delta above it, clamped to [entropy_coef_min, entropy_coef_max])."""
     entropy_target: float = 0.2
     """Target of the adaptive entropy coefficient: mean per-token entropy in nats (>= 0)."""
     entropy_coef_delta: float = 0.005

@@ -282,7 +282,7 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
     config ``train.temperature=0.8``). Values are parsed by the field's type hint (``int``,
     ``float``, ``bool``, ``str``, optional and tuple/list of those, written ``a,b,c``). An
     unknown key raises :class:`ConfigError` naming the closest valid keys. A ``scale``
-    override (``TrainConfig``'s scale preset, :mod:`toy_entropy.scale_presets`) is applied
+    override (``TrainConfig``'s scale preset, :mod:`toy_entropy.training.scale_presets`) is applied
     before the others, which then override the scale's values.
     """
     paths = config_paths(type(config))

@@ -18,8 +18,8 @@ Sources (read through the public code index, not copied):
 - SkyRL: ``skyrl-train/skyrl_train/utils/ppo_utils.py``, ``max(1, int(N * kl_cov_frac))``;
   ``skyrl-train/skyrl_train/config/ppo_base_config.yaml``: ``kl_cov_frac: 0.2`` ("20%"),
   ``ppo_kl_coef: 1.0``, ``clip_cov.clip_ratio: 0.0002``;
-- here: :func:`toy_entropy.losses.diagnostics.count_of_fraction`, ``max(1, floor(N * r))`` in
-  float64, the fraction rule (tested to agree).
+- here: :func:`toy_entropy.algorithms.losses.diagnostics.count_of_fraction`,
+  ``max(1, floor(N * r))`` in float64, the fraction rule (tested to agree).
 """
 
 from __future__ import annotations

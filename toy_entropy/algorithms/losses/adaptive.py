@@ -8,16 +8,16 @@ towards holding a target entropy::
 
 starting from ``PolicyLossConfig.entropy_coeff``. The coefficient lives on the device as a 0-dim
 tensor and is updated there, so a trainer can pass :attr:`AdaptiveEntropyCoef.value` to
-:func:`~toy_entropy.losses.compute_policy_loss` (``entropy_coeff=``) without a host sync; the
-exact experiments call it with floats.
+:func:`~toy_entropy.algorithms.losses.compute_policy_loss` (``entropy_coeff=``) without a host sync;
+the exact experiments call it with floats.
 """
 
 from __future__ import annotations
 
 import torch
 
-from toy_entropy.losses.config import PolicyLossConfig
-from toy_entropy.losses.distributed import as_collectives
+from toy_entropy.algorithms.losses.config import PolicyLossConfig
+from toy_entropy.algorithms.losses.distributed import as_collectives
 
 __all__ = ["AdaptiveEntropyCoef"]
 
@@ -48,7 +48,8 @@ class AdaptiveEntropyCoef:
             entropy: the step's mean per-token entropy in nats: a float, or a 0-dim tensor that
                 is this rank's additive share (e.g. the sum over its micro-batches of
                 ``loss/entropy``, normalised by the whole batch), summed over ranks here.
-            dist: None for one process, else as :func:`~toy_entropy.losses.select_tokens`.
+            dist: None for one process, else as
+            :func:`~toy_entropy.algorithms.losses.select_tokens`.
 
         Returns:
             The new coefficient (:attr:`value`), a 0-dim tensor.

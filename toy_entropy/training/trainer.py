@@ -34,28 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toy_entropy import interrupts
-from toy_entropy.advantages import (
+from toy_entropy.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,
     compute_advantages,
     filter_uniform_groups,
 )
-from toy_entropy.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from toy_entropy.config import (
-    ConfigError,
-    check_choice,
-    check_positive_int,
-    check_range,
-)
-from toy_entropy.entropy import (
-    entropy_from_logits,
-    masked_response_mean,
-    masked_token_mean,
-    predicted_entropy_change,
-)
-from toy_entropy.envs import NAMESPACE
-from toy_entropy.envs.sequence import SequenceVectorEnv, env_name, make_task
-from toy_entropy.losses import (
+from toy_entropy.algorithms.losses import (
     AdaptiveEntropyCoef,
     PolicyLossConfig,
     compute_policy_loss,
@@ -63,12 +47,33 @@ from toy_entropy.losses import (
     masked_token_covariance,
     select_tokens,
 )
-from toy_entropy.model import GPT, MODEL_SIZES, GPTConfig
-from toy_entropy.parallel import DataParallel, HiddenStates, mini_batch_rows, stratum_groups
-from toy_entropy.rollout import Rollout, RolloutHook, RolloutStats, UpdateProbe
-from toy_entropy.scale_presets import SCALE_PRESETS, apply_scale_preset, parse_task_kwargs
-from toy_entropy.token_stats import token_log_probs_and_entropy
-from toy_entropy.warmstart import WarmStartConfig, warm_start
+from toy_entropy.envs import NAMESPACE
+from toy_entropy.envs.sequence import SequenceVectorEnv, env_name, make_task
+from toy_entropy.models.model import GPT, MODEL_SIZES, GPTConfig
+from toy_entropy.models.token_stats import token_log_probs_and_entropy
+from toy_entropy.theory.entropy import (
+    entropy_from_logits,
+    masked_response_mean,
+    masked_token_mean,
+    predicted_entropy_change,
+)
+from toy_entropy.training import interrupts
+from toy_entropy.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from toy_entropy.training.config import (
+    ConfigError,
+    check_choice,
+    check_positive_int,
+    check_range,
+)
+from toy_entropy.training.parallel import (
+    DataParallel,
+    HiddenStates,
+    mini_batch_rows,
+    stratum_groups,
+)
+from toy_entropy.training.rollout import Rollout, RolloutHook, RolloutStats, UpdateProbe
+from toy_entropy.training.scale_presets import SCALE_PRESETS, apply_scale_preset, parse_task_kwargs
+from toy_entropy.training.warmstart import WarmStartConfig, warm_start
 
 __all__ = [
     "TrainConfig",
@@ -100,7 +105,7 @@ class TrainConfig:
     extra_tokens: int = 0
     """distractor tokens added to the task's vocabulary"""
     model_size: str = "cpu-nano"
-    """transformer size (toy_entropy.model.MODEL_SIZES)"""
+    """transformer size (toy_entropy.models.model.MODEL_SIZES)"""
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
     """the supervised warm start on noisy demonstrations that makes the starting policy"""
     total_steps: int = 60
@@ -156,14 +161,14 @@ class TrainConfig:
     rollout_seed_offset: int = 0
     """added to the run seed for the rollout randomness (the warm start uses the run seed)"""
     scale: str = "cpu"
-    """scale preset: cpu, gpu-small, gpu-medium, gpu-large (toy_entropy.scale_presets); sets
-    the fields it names unless they were given other values"""
+    """scale preset: cpu, gpu-small, gpu-medium, gpu-large (toy_entropy.training.scale_presets);
+    sets the fields it names unless they were given other values"""
     scale_resolved: str = field(default="cpu", repr=False)
     """kept by the config: the scale its fields were last resolved from (do not set)"""
     task_kwargs: str = ""
     """task size arguments as key=value pairs, e.g. list_length=255,num_values=1000"""
     chunked_log_probs: bool = True
-    """log-probs and entropy from hidden states in token chunks (toy_entropy.token_stats),
+    """log-probs and entropy from hidden states in token chunks (toy_entropy.models.token_stats),
     never a (B, T, V) logits tensor; False: from full logits"""
     log_prob_chunk_tokens: int = 0
     """tokens per chunk of the chunked path (0: 2^24 / V, 64 MiB of fp32 logits)"""
@@ -325,11 +330,11 @@ class Trainer:
         log_fn: ``log_fn(step, metrics: dict[str, float])`` (e.g. ``RunWriter.log``).
         writer: optional RunWriter for histograms and figures.
         checkpoint_dir: where checkpoints go (None: no checkpoints).
-        parallel: this process's rank in a data-parallel run (``toy_entropy.parallel``); None
-            for one process. Pass ``log_fn`` and ``writer`` on rank 0 only.
+        parallel: this process's rank in a data-parallel run (``toy_entropy.training.parallel``);
+            None for one process. Pass ``log_fn`` and ``writer`` on rank 0 only.
         show_progress: a progress bar for the warm start when it is not cached.
         rollout_hooks, update_probes: observers of every step whose metrics join the step's
-            row (``toy_entropy.rollout``).
+            row (``toy_entropy.training.rollout``).
     """
 
     def __init__(
@@ -899,7 +904,7 @@ class Trainer:
         """The run loop: resume from ``state`` (a checkpoint) or evaluate and log step 0, train
         to ``total_steps``, checkpoint the last step.
 
-        Between steps it honours a stop request (``toy_entropy.interrupts``): the step in
+        Between steps it honours a stop request (``toy_entropy.training.interrupts``): the step in
         flight completes, its checkpoint is written, then :class:`Interrupted` propagates.
         ``progress(iterable, total)`` wraps the step loop (a progress bar) when given.
         """

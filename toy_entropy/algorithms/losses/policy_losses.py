@@ -13,8 +13,8 @@ Per-token losses over ``(B, T)`` tensors, with ``ratio = exp(clamp(lp - lp_old))
   fully on-policy update of each rollout and acts only on the later updates.
 
 Which tokens are selected is decided once per optimisation batch by
-:func:`~toy_entropy.losses.selection.select_tokens` (docs/THEORY.md section 5 for the semantics,
-section 6 for the reference code's defects this avoids). Typical use with gradient
+:func:`~toy_entropy.algorithms.losses.selection.select_tokens` (docs/THEORY.md section 5 for the
+semantics, section 6 for the reference code's defects this avoids). Typical use with gradient
 accumulation::
 
     with torch.no_grad():
@@ -35,15 +35,15 @@ from __future__ import annotations
 
 import torch
 
-from toy_entropy.losses.aggregation import aggregate, zero_invalid
-from toy_entropy.losses.checks import check_token_tensors
-from toy_entropy.losses.config import PolicyLossConfig
-from toy_entropy.losses.diagnostics import clip_metrics, rollout_kl_metrics
-from toy_entropy.losses.ratio import RatioTerms, clipped_surrogate, ratio_terms
-from toy_entropy.losses.registry import get_policy_loss, register_policy_loss
-from toy_entropy.losses.regularizers import kl_estimate
-from toy_entropy.losses.selection import TokenSelection, select_tokens
-from toy_entropy.losses.weighting import policy_gradient_weights
+from toy_entropy.algorithms.losses.aggregation import aggregate, zero_invalid
+from toy_entropy.algorithms.losses.checks import check_token_tensors
+from toy_entropy.algorithms.losses.config import PolicyLossConfig
+from toy_entropy.algorithms.losses.diagnostics import clip_metrics, rollout_kl_metrics
+from toy_entropy.algorithms.losses.ratio import RatioTerms, clipped_surrogate, ratio_terms
+from toy_entropy.algorithms.losses.registry import get_policy_loss, register_policy_loss
+from toy_entropy.algorithms.losses.regularizers import kl_estimate
+from toy_entropy.algorithms.losses.selection import TokenSelection, select_tokens
+from toy_entropy.algorithms.losses.weighting import policy_gradient_weights
 
 __all__ = ["compute_policy_loss", "policy_loss"]
 
@@ -157,7 +157,7 @@ def compute_policy_loss(
 
     ``loss = policy - entropy_coeff * agg(entropy) + kl_loss_coef * agg(KL_est(pi || pi_ref))``,
     every term normalised by the whole batch's ``selection.norm``. The policy term of each
-    token is weighted by :func:`~toy_entropy.losses.weighting.policy_gradient_weights`
+    token is weighted by :func:`~toy_entropy.algorithms.losses.weighting.policy_gradient_weights`
     (``positive_sample_weight``, ``negative_sample_weight``, ``selection.entropy_kept``).
 
     Args:
@@ -169,13 +169,14 @@ def compute_policy_loss(
             positions are ignored (selected away, so NaN there does no harm).
         selection: ``select_tokens(...)[rows]`` for these rows.
         entropy: ``(B, T)`` full-distribution entropy per position, in nats (e.g.
-            :func:`toy_entropy.entropy.entropy_from_logits`), with grad; needed when
+            :func:`toy_entropy.theory.entropy.entropy_from_logits`), with grad; needed when
             ``entropy_coeff != 0`` or ``use_adaptive_entropy``, logged as ``loss/entropy``
             whenever given.
         ref_log_probs: ``(B, T)`` log-probs under the frozen reference policy; needed when
             ``kl_loss_coef != 0``, logged as ``loss/kl_ref`` whenever given.
         entropy_coeff: overrides ``config.entropy_coeff``, e.g. the 0-dim device tensor
-            :attr:`~toy_entropy.losses.adaptive.AdaptiveEntropyCoef.value` (no host sync).
+            :attr:`~toy_entropy.algorithms.losses.adaptive.AdaptiveEntropyCoef.value` (no host
+            sync).
 
     Returns:
         ``(loss, metrics)``: 0-dim loss and 0-dim detached metrics, both additive over

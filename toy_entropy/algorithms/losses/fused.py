@@ -3,8 +3,8 @@
 :func:`clip_cov_scores` maps every token of this rank's ``(B, T)`` rows to one int32 score:
 ``-1`` for a token that is not a Clip-Cov candidate, and for a candidate a random key that
 is unique in the global batch (a seeded bijection of the token's global position). The
-``n`` largest scores are the sample (see :mod:`toy_entropy.losses.selection`); no tie handling
-is needed because no two candidates share a score.
+``n`` largest scores are the sample (see :mod:`toy_entropy.algorithms.losses.selection`); no tie
+handling is needed because no two candidates share a score.
 
 The random key is counter-based: a keyed integer hash of the token's global position, with
 two 31-bit seeds drawn from the caller's generator (:func:`draw_seeds`).
@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from toy_entropy.losses.config import PolicyLossConfig
+from toy_entropy.algorithms.losses.config import PolicyLossConfig
 
 __all__ = [
     "COMPILE_MIN_TOKENS",

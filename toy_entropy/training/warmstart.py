@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toy_entropy import interrupts
-from toy_entropy.checkpoint import atomic_torch_save
-from toy_entropy.config import check_positive_int, check_range
-from toy_entropy.model import GPT, GPTConfig
+from toy_entropy.models.model import GPT, GPTConfig
+from toy_entropy.training import interrupts
+from toy_entropy.training.checkpoint import atomic_torch_save
+from toy_entropy.training.config import check_positive_int, check_range
 
 __all__ = [
     "WarmStartConfig",

@@ -11,7 +11,7 @@ resolved from gave it (``scale_resolved``; for a fresh config, the class default
 preset moves the fields that follow to the new preset's values, and every other field keeps its
 value. So explicit values win, in the Python API (``TrainConfig(scale="gpu-small",
 num_prompts=64)``) as on the command line, where ``--set scale=...`` is applied before the
-other ``--set`` overrides (:func:`toy_entropy.config.apply_overrides`):
+other ``--set`` overrides (:func:`toy_entropy.training.config.apply_overrides`):
 ``--set scale=gpu-small --set num_mini_batches=1`` runs gpu-small with one mini-batch. The
 one exception: in a single constructor call, a field given its class default explicitly next to
 the preset is indistinguishable from an unset one and takes the preset's value.
@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from toy_entropy.config import get_path, replace_paths
+from toy_entropy.training.config import get_path, replace_paths
 
 __all__ = ["SCALE_PRESETS", "apply_scale_preset", "parse_task_kwargs"]
 

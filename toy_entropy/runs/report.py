@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from toy_entropy.curve_stats import seed_band
-from toy_entropy.lawfit import fit_entropy_reward_law
-from toy_entropy.plots import band_plot, plt
-from toy_entropy.runlog import atomic_write_text
+from toy_entropy.runs.plots import band_plot, plt
+from toy_entropy.runs.runlog import atomic_write_text
+from toy_entropy.theory.curve_stats import seed_band
+from toy_entropy.theory.lawfit import fit_entropy_reward_law
 
 __all__ = [
     "SubRun",

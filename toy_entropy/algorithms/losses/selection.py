@@ -4,8 +4,8 @@ batch-level normalisers.
 Phase one of a loss step. :func:`select_tokens` runs once per optimisation step over the whole
 optimisation batch (all micro-batches, all data-parallel ranks) and returns a
 :class:`TokenSelection`: the selected-token mask, the normalisers of the aggregation and
-batch-level diagnostics. Phase two, :func:`toy_entropy.losses.compute_policy_loss`, runs per
-micro-batch on row slices ``selection[rows]``. So the micro-batch size and the number of ranks
+batch-level diagnostics. Phase two, :func:`toy_entropy.algorithms.losses.compute_policy_loss`, runs
+per micro-batch on row slices ``selection[rows]``. So the micro-batch size and the number of ranks
 change neither the selected tokens nor the loss nor its gradient (docs/THEORY.md s.6). The
 ``top_entropy_quantile`` selection (``TokenSelection.entropy_kept``) is made the same way, by
 the KL-Cov top-n machinery on the per-token entropy.
@@ -20,7 +20,7 @@ boolean indexing, no host branch on values. Selecting the n best of N positions,
 a device tensor, uses a top-k with the static bound ``k = max(1, floor(ratio * B * T))`` >= n
 and takes the n-th value as a threshold. KL-Cov breaks ties at the threshold by the lowest
 global token index; Clip-Cov's scores never tie (each candidate's random key is a seeded
-bijection of its global position, :mod:`toy_entropy.losses.fused`). So the result is
+bijection of its global position, :mod:`toy_entropy.algorithms.losses.fused`). So the result is
 deterministic and identical on any split of the rows across ranks. The single exception: on
 CPU, where reading a value is free, an all-zero response mask raises ValueError; on
 accelerators the check would need a host sync, so it is skipped and such a batch gives a zero
@@ -30,8 +30,8 @@ Performance: on CPU, the page faults of fresh (B, T) buffers cost as much as the
 so the selection works in two float buffers that it overwrites in place (see
 :class:`_BatchView`). Clip-Cov's per-token chain (covariance, band, PPO-clip test, random
 key) is one pass, compiled by ``torch.compile`` for batches of 2^16 tokens and more
-(:func:`toy_entropy.losses.fused.fused`); its n largest scores are marked by a scatter of k
-entries instead of a pass over the batch.
+(:func:`toy_entropy.algorithms.losses.fused.fused`); its n largest scores are marked by a scatter of
+k entries instead of a pass over the batch.
 """
 
 from __future__ import annotations
@@ -41,23 +41,23 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from toy_entropy.losses import fused as fused_kernels
-from toy_entropy.losses.aggregation import AggregationNorm, zero_invalid
-from toy_entropy.losses.checks import check_token_tensors
-from toy_entropy.losses.config import PolicyLossConfig
-from toy_entropy.losses.diagnostics import (
+from toy_entropy.algorithms.losses import fused as fused_kernels
+from toy_entropy.algorithms.losses.aggregation import AggregationNorm, zero_invalid
+from toy_entropy.algorithms.losses.checks import check_token_tensors
+from toy_entropy.algorithms.losses.config import PolicyLossConfig
+from toy_entropy.algorithms.losses.diagnostics import (
     COV_TOP_FRACTIONS,
     count_of_fraction,
     covariance_metrics,
 )
-from toy_entropy.losses.distributed import (
+from toy_entropy.algorithms.losses.distributed import (
     Collectives,
     as_collectives,
     global_row_sum,
     global_top_values,
     top_entries,
 )
-from toy_entropy.losses.ratio import ratio_terms
+from toy_entropy.algorithms.losses.ratio import ratio_terms
 
 __all__ = ["TokenSelection", "select_tokens", "token_covariance"]
 
@@ -226,9 +226,9 @@ def _select_clip_cov(view: _BatchView) -> tuple[torch.Tensor, dict[str, torch.Te
     """Clip-Cov: ``max(1, floor(clip_cov_ratio * N))`` uniform random tokens among the valid,
     not PPO-clipped tokens with ``clip_cov_lb < cov < clip_cov_ub``.
 
-    One fused pass (:func:`~toy_entropy.losses.fused.clip_cov_scores`) gives every candidate
-    a unique random score and every other token -1; the sample is the n largest scores, found
-    with a top-k over this rank's tokens and a top-k over the gathered candidates, and marked
+    One fused pass (:func:`~toy_entropy.algorithms.losses.fused.clip_cov_scores`) gives every
+    candidate a unique random score and every other token -1; the sample is the n largest scores,
+    found with a top-k over this rank's tokens and a top-k over the gathered candidates, and marked
     by a scatter of k entries. Scores are unique, so no tie handling is needed.
     """
     config, comm, lp = view.config, view.comm, view.log_probs
@@ -373,12 +373,12 @@ def select_tokens(
             by the caller (seed it identically on every rank); None uses torch's default one.
             The sample depends on the seed and on the padded shape ``(B, T)``.
         dist: None for one process, else a ``torch.distributed`` process group or a
-            :class:`~toy_entropy.losses.distributed.Collectives`. Each rank passes its own
-            rows, the same ``(B, T)`` shape on every rank, rank r holding global rows
+            :class:`~toy_entropy.algorithms.losses.distributed.Collectives`. Each rank passes its
+            own rows, the same ``(B, T)`` shape on every rank, rank r holding global rows
             ``[r * B, (r + 1) * B)``. Means, counts, candidates and the sample are global and
             equal the single-process selection of the concatenated batch.
         cov_stats: also compute the covariance diagnostics of
-            :func:`~toy_entropy.losses.diagnostics.covariance_metrics`.
+            :func:`~toy_entropy.algorithms.losses.diagnostics.covariance_metrics`.
         cov_top_fractions: fractions for the top-covariance means (with ``cov_stats``).
         entropy: ``(B, T)`` full-distribution entropy per position in nats (used detached);
             needed when ``config.top_entropy_quantile < 1``, which keeps the policy gradient

@@ -1,6 +1,6 @@
 """Noise-free Clip-Cov and KL-Cov: the expected selection and update of a tabular prefix policy.
 
-For a :class:`~toy_entropy.prefix_policy.PrefixPolicy` every response is enumerated, so the
+For a :class:`~toy_entropy.models.prefix_policy.PrefixPolicy` every response is enumerated, so the
 batch of the limit of infinitely many sampled responses is known exactly: every token (prompt
 p, response r, position t) is an atom of token-mean weight ``w = P(r|p) / sum P(r'|p')|r'|``
 over the prompts the group filter keeps (the prompts whose rewards are not all equal), with the
@@ -39,8 +39,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from toy_entropy.losses.diagnostics import COV_TOP_FRACTIONS
-from toy_entropy.prefix_policy import PrefixPolicy
+from toy_entropy.algorithms.losses.diagnostics import COV_TOP_FRACTIONS
+from toy_entropy.models.prefix_policy import PrefixPolicy
 
 __all__ = [
     "exact_group_advantages",

@@ -1,13 +1,13 @@
 """PPO on the exact batch of a prefix policy: several clipped updates per rollout, no sampling.
 
-For a :class:`~toy_entropy.prefix_policy.PrefixPolicy` the limit of infinitely many sampled
+For a :class:`~toy_entropy.models.prefix_policy.PrefixPolicy` the limit of infinitely many sampled
 responses per prompt is known: response r of prompt p appears with frequency
 ``pi_old(r|p)``. :class:`ExactBatch` holds that batch (the rollout log-probs of every token of
 every response, the per-response weights ``pi_old(r|p) / P`` and an advantage per response),
 and :func:`ppo_updates` takes plain gradient steps on the logits against the project's own PPO
-surrogate (:func:`~toy_entropy.losses.ratio.ratio_terms`,
-:func:`~toy_entropy.losses.ratio.clipped_surrogate`, the sample weights of
-:func:`~toy_entropy.losses.weighting.policy_gradient_weights`)::
+surrogate (:func:`~toy_entropy.algorithms.losses.ratio.ratio_terms`,
+:func:`~toy_entropy.algorithms.losses.ratio.clipped_surrogate`, the sample weights of
+:func:`~toy_entropy.algorithms.losses.weighting.policy_gradient_weights`)::
 
     L(z) = sum_{p, r, t} w(p, r) * u(A) * max(-A ratio, -A clamp(ratio, 1 - eps_low, 1 + eps_high))
 
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from toy_entropy.losses.config import PolicyLossConfig
-from toy_entropy.losses.ratio import clipped_surrogate, ratio_terms
-from toy_entropy.losses.weighting import policy_gradient_weights
-from toy_entropy.model import sample_categorical
-from toy_entropy.prefix_policy import PrefixPolicy
+from toy_entropy.algorithms.losses.config import PolicyLossConfig
+from toy_entropy.algorithms.losses.ratio import clipped_surrogate, ratio_terms
+from toy_entropy.algorithms.losses.weighting import policy_gradient_weights
+from toy_entropy.models.model import sample_categorical
+from toy_entropy.models.prefix_policy import PrefixPolicy
 
 __all__ = [
     "CLIP_OFF_HIGH",

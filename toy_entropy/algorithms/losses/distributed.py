@@ -27,7 +27,7 @@ __all__ = [
 
 @runtime_checkable
 class Collectives(Protocol):
-    """What :func:`toy_entropy.losses.select_tokens` needs from a data-parallel group."""
+    """What :func:`toy_entropy.algorithms.losses.select_tokens` needs from a data-parallel group."""
 
     world_size: int
     rank: int

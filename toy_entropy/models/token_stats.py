@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from toy_entropy.entropy import entropy_from_logits
+from toy_entropy.theory.entropy import entropy_from_logits
 
 __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",

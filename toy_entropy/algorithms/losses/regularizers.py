@@ -1,12 +1,12 @@
 """Regularisers that compose with any policy loss: entropy bonus and KL to a reference policy.
 
 Both are aggregated like the policy loss (same mode, same batch-level normalisers) and added
-by :func:`toy_entropy.losses.compute_policy_loss`:
+by :func:`toy_entropy.algorithms.losses.compute_policy_loss`:
 
     loss = policy_loss - entropy_coeff * agg(H) + kl_loss_coef * agg(KL_est(pi || pi_ref))
 
 The entropy is that of the full next-token distribution at each response position (computed
-by the caller, e.g. with :func:`toy_entropy.entropy.entropy_from_logits`), not ``-log pi`` of
+by the caller, e.g. with :func:`toy_entropy.theory.entropy.entropy_from_logits`), not ``-log pi`` of
 the sampled token.
 """
 

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from toy_entropy.losses.config import PolicyLossConfig
+from toy_entropy.algorithms.losses.config import PolicyLossConfig
 
 __all__ = ["RatioTerms", "ratio_terms", "clipped_surrogate"]
 

@@ -14,7 +14,7 @@ dense ``(P, S, V)`` parameter.
 
 Truncation. Every state, including those at depth L-1, has all V actions. A response ends when
 it emits EOS (which belongs to it) or after its L-th token, whatever that token is: this is
-what :meth:`toy_entropy.model.GPT.generate` does with ``max_new_tokens = L``.
+what :meth:`toy_entropy.models.model.GPT.generate` does with ``max_new_tokens = L``.
 
 Responses. The ``R = S + (V-1)^L`` complete responses are enumerated in a fixed order: first
 "prefix s + EOS" for every state s in state order, then the truncated ones "prefix s + a" for
@@ -26,7 +26,7 @@ Visitation weights. Both dataset entropies are ``sum_{p,s} w(p, s) H(pi(.|p, s))
 - response-mean (the paper's H): ``w(p, s) = (1/P) sum_{y through s} P(y | p) / |y|``;
 - token-mean (all tokens pooled): ``w(p, s) = d(p, s) / sum_{p', s'} d(p', s')``, where
   ``d(p, s)`` is the probability that a response to p passes through s. This is the limit of
-  :func:`toy_entropy.entropy.masked_token_mean` over many sampled responses.
+  :func:`toy_entropy.theory.entropy.masked_token_mean` over many sampled responses.
 
 In both modes the weights sum to 1 over all (prompt, state) pairs.
 """
@@ -39,13 +39,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from toy_entropy.entropy import (
+from toy_entropy.models.model import sample_categorical
+from toy_entropy.theory.entropy import (
     entropy_from_logits,
     npg_logit_update,
     pg_logit_update,
     predicted_entropy_change,
 )
-from toy_entropy.model import sample_categorical
 
 __all__ = ["EntropyChangeSplit", "PrefixPolicy", "ENTROPY_MODES", "UPDATE_RULES", "ESTIMATORS"]
 

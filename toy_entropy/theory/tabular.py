@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from toy_entropy.entropy import (
+from toy_entropy.theory.entropy import (
     entropy_from_logits,
     npg_logit_update,
     pg_logit_update,

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 import torch
 
-from toy_entropy.losses.aggregation import AggregationNorm
-from toy_entropy.losses.config import PolicyLossConfig
-from toy_entropy.losses.distributed import Collectives, global_row_sum, global_top_values
-from toy_entropy.losses.ratio import RatioTerms
+from toy_entropy.algorithms.losses.aggregation import AggregationNorm
+from toy_entropy.algorithms.losses.config import PolicyLossConfig
+from toy_entropy.algorithms.losses.distributed import Collectives, global_row_sum, global_top_values
+from toy_entropy.algorithms.losses.ratio import RatioTerms
 
 __all__ = [
     "COV_TOP_FRACTIONS",
@@ -124,7 +124,7 @@ def covariance_metrics(
 
     Args:
         cov: ``(B, T)`` per-token covariance with batch-global means (any values at invalid
-            positions), as from :func:`~toy_entropy.losses.selection.token_covariance`.
+            positions), as from :func:`~toy_entropy.algorithms.losses.selection.token_covariance`.
         valid: ``(B, T)`` bool response mask.
         advantages: ``(B, T)``.
         ratio: ``(B, T)`` importance ratio at the start of the optimisation step.
