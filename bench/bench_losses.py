@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from results_file import append_results
+from common import add_device_options, append_results, resolve_device
 
 from toy_entropy.algorithms.losses import PolicyLossConfig, compute_policy_loss, select_tokens
 
@@ -204,18 +204,16 @@ def time_steps(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e4,1e5,1e6,1e7", help="token counts, comma-separated")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_device_options(parser, threads=False)
     parser.add_argument("--repeats", type=int, default=0, help="timed repeats (0: by size)")
     parser.add_argument(
         "--threads", default="0", help="CPU thread counts, comma-separated (0: torch default)"
     )
     parser.add_argument("--no-verl", action="store_true", help="skip verl even if importable")
-    parser.add_argument("--out", default=None, help="also append the table (Markdown) here")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: CUDA is not available", file=sys.stderr)
+    device = resolve_device(args)
+    if device is None:
         return 2
-    device = torch.device(args.device)
     sizes = [int(float(size)) for size in args.sizes.split(",")]
     thread_counts = [int(t) or torch.get_num_threads() for t in args.threads.split(",")]
 

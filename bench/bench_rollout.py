@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from results_file import append_results
+from common import add_device_options, append_results, resolve_device
 
 from toy_entropy.models.model import GPT, GPTConfig
 
@@ -98,16 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--naive-repeats", type=int, default=1, help="timed naive calls (no warm-up; minutes)"
     )
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", default=None, help="also append the table (Markdown) here")
+    add_device_options(parser)
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: CUDA is not available", file=sys.stderr)
+    device = resolve_device(args)
+    if device is None:
         return 2
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
     torch.manual_seed(0)
     config = GPTConfig.from_size(args.model_size, block_size=args.prompt_length + max(lengths))

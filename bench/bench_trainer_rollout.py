@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 import torch
-from results_file import append_results
+from common import add_device_options, append_results, resolve_device
 
 from toy_entropy.envs.sequence import PromptBatch, SequenceTask
 from toy_entropy.envs.sequence.task import through_first
@@ -81,16 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-prompts", type=int, default=16, help="P")
     parser.add_argument("--num-generations", type=int, default=8, help="G")
     parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", default=None, help="also append the table (Markdown) here")
+    add_device_options(parser)
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: CUDA is not available", file=sys.stderr)
+    device = resolve_device(args)
+    if device is None:
         return 2
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = replace_paths(
         TrainConfig(),
         {

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_rollout import no_host_sync, timed  # noqa: E402
-from results_file import append_results  # noqa: E402
+from common import add_device_options, append_results, resolve_device  # noqa: E402
 
 from toy_entropy.algorithms.losses import PolicyLossConfig  # noqa: E402
 from toy_entropy.training.trainer import TrainConfig, Trainer  # noqa: E402
@@ -111,16 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=16384, help="response tokens per batch")
     parser.add_argument("--lengths", default="64,256,512", help="response lengths L")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", default=None, help="also append the table (Markdown) here")
+    add_device_options(parser)
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: CUDA is not available", file=sys.stderr)
+    device = resolve_device(args)
+    if device is None:
         return 2
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     columns = ["L", "rows", "valid tokens", "bare s"] + [f"{m} x bare" for m in MODES]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
