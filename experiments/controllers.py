@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toy_entropy.experiments.entropy_targets import KControl, tracking_error
+from toy_entropy.experiments.entropy_targets import KControl, check_targets, tracking_error
 from toy_entropy.experiments.methods import loss_changes, methods_budget
 from toy_entropy.experiments.registry import ExperimentResult, RunContext, experiment
 from toy_entropy.experiments.sweeps import (
@@ -60,11 +60,7 @@ class ControllersConfig:
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
-        if not self.targets:
-            raise ValueError("targets=() is invalid: expected at least one entropy target")
-        for target in self.targets:
-            check_range("targets", target, 0, low_inclusive=False)
-        check_range("tracking_bound", self.tracking_bound, 0, 1, low_inclusive=False)
+        check_targets(self.targets, self.tracking_bound)
         check_range("num_seeds", self.num_seeds, 2)
         check_range("workers", self.workers, 0)
         _variant_configs(self, self.targets[0])  # the losses are valid

@@ -37,7 +37,14 @@ from toy_entropy.training.config import check_choice, check_range, replace_paths
 from toy_entropy.training.rollout import Rollout
 from toy_entropy.training.trainer import TrainConfig
 
-__all__ = ["EntropyController", "EntropyTargetsConfig", "KControl", "KNOBS", "tracking_error"]
+__all__ = [
+    "EntropyController",
+    "EntropyTargetsConfig",
+    "KControl",
+    "KNOBS",
+    "check_targets",
+    "tracking_error",
+]
 
 KNOBS = {"kl_cov_ratio": "kl_cov", "clip_cov_ratio": "clip_cov"}
 """Controllable ratio -> the loss mode it belongs to."""
@@ -81,6 +88,15 @@ class EntropyController:
             "control/target": self.target,
             "control/error": (self.target - entropy) / self.target,
         }
+
+
+def check_targets(targets: tuple[float, ...], tracking_bound: float) -> None:
+    """Entropy targets (nats) and the relative tracking bound a held target stays within."""
+    if not targets:
+        raise ValueError("targets=() is invalid: expected at least one entropy target")
+    for target in targets:
+        check_range("targets", target, 0, low_inclusive=False)
+    check_range("tracking_bound", tracking_bound, 0, 1, low_inclusive=False)
 
 
 def tracking_error(entropy: np.ndarray, target: float, settle: float = 0.5) -> float:
@@ -136,10 +152,7 @@ class EntropyTargetsConfig:
     """parallel training processes (0: one per CPU core; 1 on CUDA)"""
 
     def __post_init__(self) -> None:
-        if not self.targets:
-            raise ValueError("targets=() is invalid: expected at least one entropy target")
-        for target in self.targets:
-            check_range("targets", target, 0, low_inclusive=False)
+        check_targets(self.targets, self.tracking_bound)
         check_range("num_seeds", self.num_seeds, 2)
         check_range("workers", self.workers, 0)
         _configs(self)  # the controlled runs' loss must be valid
