@@ -42,6 +42,7 @@ from toy_entropy.algorithms.advantages import (
 from toy_entropy.algorithms.losses import (
     AdaptiveEntropyCoef,
     PolicyLossConfig,
+    TokenSelection,
     compute_policy_loss,
     kl_estimate,
     masked_token_covariance,
@@ -693,16 +694,16 @@ class Trainer:
         for start in range(0, num_rows, micro):
             part = slice(start, start + micro)
             part_selection = selection[part]
-            # this micro-batch's own selection (one host sync: a filtered micro-batch has none)
-            if cfg.selection_scope == "micro_batch" and bool(take["mask"][part].any()):
-                local = select_tokens(loss_config, current_lp[part], old_lp[part],
-                                      advantages[part], take["mask"][part],
-                                      generator=self.selection_generator,
-                                      entropy=None if current_entropy is None
-                                      else current_entropy[part])  # fmt: skip
-                part_selection = replace(part_selection, selected=local.selected,
-                                         entropy_kept=local.entropy_kept)  # fmt: skip
-                local_selected = local_selected + local.selected.sum()
+            if cfg.selection_scope == "micro_batch":
+                part_selection, count = self._micro_batch_selection(
+                    part_selection,
+                    current_lp[part],
+                    old_lp[part],
+                    advantages[part],
+                    take["mask"][part],
+                    None if current_entropy is None else current_entropy[part],
+                )
+                local_selected = local_selected + count
             # DDP all-reduces the gradients after the last micro-batch only.
             with self.parallel.no_sync(self.policy, sync=start + micro >= num_rows):
                 with self._autocast():
@@ -744,6 +745,30 @@ class Trainer:
             totals["loss/entropy_coef"] = coef
             self.entropy_coef.update(totals["loss/entropy"])
         return totals
+
+    def _micro_batch_selection(
+        self,
+        selection: TokenSelection,
+        log_probs: torch.Tensor,
+        old_log_probs: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        entropy: torch.Tensor | None,
+    ) -> tuple[TokenSelection, torch.Tensor | int]:
+        """``selection_scope=micro_batch``: ``selection`` (this micro-batch's rows of the
+        mini-batch's selection) with the tokens chosen in this micro-batch of this rank alone,
+        as verl's KL-Cov does; the normaliser stays the mini-batch's. All tensors ``(b, T)``.
+
+        Returns the selection and the count it selected. One host sync: a micro-batch the group
+        filter emptied selects nothing.
+        """
+        if not bool(mask.any()):
+            return selection, 0
+        local = select_tokens(self.loss_config, log_probs, old_log_probs, advantages, mask,
+                              generator=self.selection_generator, entropy=entropy)  # fmt: skip
+        local_selection = replace(selection, selected=local.selected,
+                                  entropy_kept=local.entropy_kept)  # fmt: skip
+        return local_selection, local.selected.sum()
 
     def train_step(self) -> dict[str, float]:
         """One RL step, in the order of the module docstring; returns its metrics (host floats).
