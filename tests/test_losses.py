@@ -17,14 +17,7 @@ from toy_entropy.algorithms.losses import (
     select_tokens,
 )
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    """Exact comparisons in float64; the default dtype is restored for other test files."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 # One response of 4 tokens: ratios r, advantages A, log-probs lp (old_lp = lp - log r).

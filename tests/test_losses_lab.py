@@ -12,13 +12,7 @@ from toy_entropy.algorithms.losses import (
     select_tokens,
 )
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 # One response of 4 tokens (as tests/test_losses.py): PPO's per-token loss at eps 0.2 is

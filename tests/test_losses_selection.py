@@ -16,13 +16,7 @@ from toy_entropy.algorithms.losses import (
 from toy_entropy.algorithms.losses.diagnostics import COV_TOP_FRACTIONS, count_of_fraction
 from toy_entropy.algorithms.losses.distributed import top_values
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def _batch(rows: int = 6, length: int = 12, seed: int = 0, stale: float = 0.3) -> dict:
