@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_device_options(parser)
     args = parser.parse_args(argv)
-    device = resolve_device(args)
+    device = resolve_device(args, args.threads)
     if device is None:
         return 2
     lengths = [int(x) for x in args.lengths.split(",")]

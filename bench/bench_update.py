@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     add_device_options(parser)
     args = parser.parse_args(argv)
-    device = resolve_device(args)
+    device = resolve_device(args, args.threads)
     if device is None:
         return 2
 

@@ -19,14 +19,14 @@ def add_device_options(parser: argparse.ArgumentParser, threads: bool = True) ->
         parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
 
 
-def resolve_device(args: argparse.Namespace) -> torch.device | None:
-    """The device ``args.device`` names, with ``args.threads`` applied if it has them; None
-    (after a line on stderr) when CUDA is asked for and missing."""
+def resolve_device(args: argparse.Namespace, threads: int = 0) -> torch.device | None:
+    """The device ``args.device`` names, with ``threads`` CPU threads set (0: torch's default);
+    None (after a line on stderr) when CUDA is asked for and missing."""
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: CUDA is not available", file=sys.stderr)
         return None
-    if getattr(args, "threads", 0) and isinstance(args.threads, int):
-        torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
     return torch.device(args.device)
 
 
