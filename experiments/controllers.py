@@ -33,7 +33,7 @@ from toy_entropy.experiments.sweeps import (
     run_sweep,
 )
 from toy_entropy.runs.claims import Claim, less_than
-from toy_entropy.theory.curve_stats import confidence_interval, finite_mean
+from toy_entropy.theory.curve_stats import interval_summary
 from toy_entropy.training.config import check_range, replace_paths
 from toy_entropy.training.trainer import TrainConfig
 
@@ -114,10 +114,7 @@ def _variant_stats(group: list[RunResult], target: float | None, bound: float, k
             values["settling_step"] = settling_step(entropy, target, bound)
         for key, value in values.items():
             per_seed.setdefault(key, []).append(value)
-    return {
-        key: {"mean": finite_mean(v), "ci95": confidence_interval(v)[1], "seeds": v}
-        for key, v in per_seed.items()
-    }
+    return {key: interval_summary(v) for key, v in per_seed.items()}
 
 
 def _table(stats: dict[str, dict], k: int) -> dict:

@@ -35,7 +35,7 @@ from toy_entropy.experiments.sweeps import (
 )
 from toy_entropy.models.model import MODEL_SIZES
 from toy_entropy.runs.claims import Claim, greater_than, less_than
-from toy_entropy.theory.curve_stats import confidence_interval, finite_mean
+from toy_entropy.theory.curve_stats import finite_mean, interval_summary
 from toy_entropy.training.config import check_choice, check_range, replace_paths
 from toy_entropy.training.trainer import TrainConfig
 
@@ -102,10 +102,7 @@ def _stats(results, k: int) -> dict[str, dict]:
             f"final_mean_at_{k}": [float(r.eval_curve(f"eval/mean_at_{k}")[1][-1]) for r in group],
             "kept": [finite_mean(r.column("select/entropy_kept_frac")) for r in group],
         }
-        stats[variant] = {
-            key: {"mean": float(np.mean(v)), "ci95": confidence_interval(v)[1], "seeds": v}
-            for key, v in values.items()
-        }
+        stats[variant] = {key: interval_summary(v) for key, v in values.items()}
     return stats
 
 

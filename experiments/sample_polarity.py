@@ -50,7 +50,7 @@ from toy_entropy.models.prefix_policy import PrefixPolicy
 from toy_entropy.runs.claims import Claim, greater_than, less_than
 from toy_entropy.runs.plots import plt
 from toy_entropy.runs.report import markdown_table
-from toy_entropy.theory.curve_stats import confidence_interval
+from toy_entropy.theory.curve_stats import interval_summary
 from toy_entropy.training.config import check_positive_int, check_range
 
 __all__ = ["PolarityConfig", "polarity_task", "method_weights", "train_exact"]
@@ -281,11 +281,6 @@ def _log_curves(context: RunContext, runs: dict[str, list[dict]]) -> None:
             writer.log(step, row)
 
 
-def _interval(values) -> dict:
-    mean, ci = confidence_interval(values)
-    return {"mean": mean, "ci95": ci, "seeds": [float(v) for v in values]}
-
-
 def _summarise(config, runs, starts, ablation, methods) -> dict:
     start_curves = [s["pass_curve"] for s in starts]
     per_method = {}
@@ -297,21 +292,21 @@ def _summarise(config, runs, starts, ablation, methods) -> dict:
         ]
         ratios = [r["entropy"][-1] / r["entropy"][0] for r in seed_runs]
         per_method[method] = {
-            "final_entropy_ratio": _interval(ratios),
-            "final_entropy": _interval([r["entropy"][-1] for r in seed_runs]),
-            "pass_at_1_gain": _interval(gains[:, 0]),
-            "pass_at_max_k_gain": _interval(gains[:, -1]),
-            "min_gain_over_k": _interval(gains.min(axis=1)),
+            "final_entropy_ratio": interval_summary(ratios),
+            "final_entropy": interval_summary([r["entropy"][-1] for r in seed_runs]),
+            "pass_at_1_gain": interval_summary(gains[:, 0]),
+            "pass_at_max_k_gain": interval_summary(gains[:, -1]),
+            "min_gain_over_k": interval_summary(gains.min(axis=1)),
             "crossover_k": crossings,
             "pass_curve_mean": np.mean([r["pass_curve"] for r in seed_runs], axis=0).tolist(),
         }  # fmt: skip
     arms = {
-        f"{m}|{'clip' if e is not None else 'no clip'}|{u} per rollout": _interval(v)
+        f"{m}|{'clip' if e is not None else 'no clip'}|{u} per rollout": interval_summary(v)
         for (m, u, e), v in ablation.items()
     }
     return {
         "start": {
-            "entropy": _interval([s["entropy"] for s in starts]),
+            "entropy": interval_summary([s["entropy"] for s in starts]),
             "pass_curve_mean": np.mean(start_curves, axis=0).tolist(),
         },
         "methods": per_method,

@@ -116,3 +116,11 @@ def test_confidence_interval_uses_student_t():
     assert np.isnan(confidence_interval([5.0])[1]) and np.isnan(confidence_interval([])[0])
     big = np.arange(100.0)
     assert confidence_interval(big)[1] == pytest.approx(1.96 * big.std(ddof=1) / 10)
+
+
+def test_interval_summary_keeps_the_seeds():
+    from toy_entropy.theory.curve_stats import interval_summary
+
+    summary = interval_summary(np.array([1.0, 2.0, 3.0]))
+    assert summary["mean"] == 2.0 and summary["ci95"] == pytest.approx(4.303 / np.sqrt(3))
+    assert summary["seeds"] == [1.0, 2.0, 3.0] and type(summary["seeds"][0]) is float

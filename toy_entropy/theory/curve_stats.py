@@ -26,6 +26,7 @@ __all__ = [
     "agreement",
     "finite_mean",
     "confidence_interval",
+    "interval_summary",
 ]
 
 # Two-sided 95% quantiles t_{0.975, df} of Student's t for df = 1..30 (beyond: 1.96).
@@ -133,6 +134,13 @@ def confidence_interval(values) -> tuple[float, float]:
     df = y.size - 1
     t = _T975[df - 1] if df <= len(_T975) else 1.96
     return float(y.mean()), float(t * y.std(ddof=1) / math.sqrt(y.size))
+
+
+def interval_summary(values) -> dict:
+    """``{"mean", "ci95", "seeds"}`` of per-seed ``values``: the mean and 95% half-width of
+    :func:`confidence_interval` (finite values only) and the values as floats."""
+    mean, half = confidence_interval(values)
+    return {"mean": mean, "ci95": half, "seeds": [float(v) for v in values]}
 
 
 def seed_band(curves: Sequence[Sequence[float]] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
