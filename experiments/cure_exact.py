@@ -9,11 +9,13 @@ The expected dynamics (:func:`toy_entropy.algorithms.exact_selection.expected_ru
 steps on the exact token batch, GRPO advantages, the all-equal filter) of GRPO, Clip-Cov and
 KL-Cov run from the same start without any sampling noise.
 
-The map: for every cell of distractor mass x fork count x vocabulary size, the step-0 tail
+The map: for every cell of updates per rollout x distractor mass x fork count x vocabulary
+size, the step-0 tail
 ratio of the token covariance (top-0.02% mean / mean, as the paper's Table 1) and the entropy
 of Clip-Cov and KL-Cov relative to GRPO's, and their expected reward minus GRPO's, at the step
-where GRPO's entropy first falls below 10% of its start. Claims: the entropy ratio grows with
-the tail ratio (rank correlation), and the heaviest-tail cell keeps at least 5x GRPO's entropy.
+where GRPO's entropy first falls below 10% of its start (counted in rollouts). Claims, for each
+number of updates per rollout: the entropy ratio grows with the tail ratio (rank correlation),
+and the heaviest-tail cell keeps at least 5x GRPO's entropy.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class ExactConfig:
     """forks per response in the map (placed at positions 0, 2, 4, ...)"""
     distractor_masses: tuple[float, ...] = (1e-1, 1e-2, 1e-3)
     """eps values of the map: probability mass on the non-determined tokens of a state"""
+    updates_per_rollout: tuple[int, ...] = (1, 8)
+    """U values of the map: updates on each rollout's batch (the paper: 8)"""
+    clip_ratio: float = 0.2
+    """PPO clip eps of GRPO and Clip-Cov on a rollout's later updates (KL-Cov: no clip, as
+    its reference loss)"""
     fork_correct: float = 0.6
     """warm-start probability of the correct token at a fork (below ~0.5 the rare correct fork
     makes the mean covariance negative: entropy first rises, and the tail ratio is negative)"""
@@ -74,6 +81,9 @@ class ExactConfig:
             check_range("fork_counts", f, 1, (self.length + 1) // 2)
         for eps in self.distractor_masses:
             check_range("distractor_masses", eps, 0, 0.5, low_inclusive=False)
+        for updates in self.updates_per_rollout:
+            check_range("updates_per_rollout", updates, 1, 64)
+        check_range("clip_ratio", self.clip_ratio, 0, 1, low_inclusive=False)
         check_range(
             "fork_correct", self.fork_correct, 0, 1, low_inclusive=False, high_inclusive=False
         )
@@ -127,13 +137,20 @@ def fork_profile(
     return policy, rewards
 
 
-def map_cell(config: ExactConfig, vocab_size: int, forks: int, eps: float) -> dict:
-    """Tail statistics at step 0 and the three methods' expected runs for one cell."""
+def map_cell(
+    config: ExactConfig, vocab_size: int, forks: int, eps: float, updates: int = 1
+) -> dict:
+    """Tail statistics at step 0 and the three methods' expected runs for one cell, with
+    ``updates`` updates per rollout (GRPO and Clip-Cov clipped at ``config.clip_ratio``)."""
     policy, rewards = fork_profile(
         config.num_prompts, vocab_size, config.length, forks, eps, config.fork_correct, config.seed
     )
     tail = tail_statistics(token_table(policy, rewards))
-    grpo = expected_run(policy, rewards, "none", 0.0, config.max_steps, config.step_size)
+    clip = {"grpo": config.clip_ratio, "clip-cov": config.clip_ratio, "kl-cov": None}
+    grpo = expected_run(
+        policy, rewards, "none", 0.0, config.max_steps, config.step_size,
+        updates_per_rollout=updates, clip_ratio=clip["grpo"],
+    )  # fmt: skip
     start = grpo["entropy"][0]
     below = [i for i, h in enumerate(grpo["entropy"]) if h < 0.1 * start]
     stop = below[0] if below else config.max_steps
@@ -141,13 +158,15 @@ def map_cell(config: ExactConfig, vocab_size: int, forks: int, eps: float) -> di
     ratios = {"clip-cov": config.clip_cov_ratio, "kl-cov": config.kl_cov_ratio}
     for method, selection in (("clip-cov", "clip_cov"), ("kl-cov", "kl_cov")):
         runs[method] = expected_run(
-            policy, rewards, selection, ratios[method], stop, config.step_size
-        )
+            policy, rewards, selection, ratios[method], stop, config.step_size,
+            updates_per_rollout=updates, clip_ratio=clip[method],
+        )  # fmt: skip
     cell = {
         "vocab_size": vocab_size,
         "forks": forks,
         "fork_density": forks / config.length,
         "eps": eps,
+        "updates_per_rollout": updates,
         "tail": tail,
         "stop_step": stop,
         "grpo_collapsed": bool(below),
@@ -161,32 +180,41 @@ def map_cell(config: ExactConfig, vocab_size: int, forks: int, eps: float) -> di
 
 
 def _figures(cells: list[dict], out_dir) -> list:
-    heavy = max(cells, key=lambda c: c["tail"]["tail_ratio"])
-    light = min(cells, key=lambda c: c["tail"]["tail_ratio"])
+    """The heaviest-tail cell's curves at the fewest and the most updates per rollout, and the
+    map (entropy ratio against tail ratio, one colour per U)."""
+    updates = sorted({c["updates_per_rollout"] for c in cells})
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for axis, cell, name in ((axes[0], heavy, "heaviest tail"), (axes[1], light, "lightest tail")):
+    for axis, u in ((axes[0], updates[0]), (axes[1], updates[-1])):
+        cell = max(
+            (c for c in cells if c["updates_per_rollout"] == u),
+            key=lambda c: c["tail"]["tail_ratio"],
+        )
         for method, curves in cell["curves"].items():
             axis.plot(curves["entropy"], label=method)
         axis.set_title(
-            f"{name}: tail ratio {cell['tail']['tail_ratio']:.0f}\n"
+            f"heaviest tail ({cell['tail']['tail_ratio']:.0f}), U = {u} updates per rollout\n"
             f"V={cell['vocab_size']}, forks={cell['forks']}, eps={cell['eps']:g}",
             fontsize=9,
         )
-        axis.set_xlabel("expected update")
+        axis.set_xlabel("rollout")
         axis.set_ylabel("H(pi, D) (nats)")
         axis.legend(fontsize=8)
-    for method, marker in (("clip-cov", "o"), ("kl-cov", "s")):
-        axes[2].scatter(
-            [c["tail"]["tail_ratio"] for c in cells],
-            [c[f"{method}_entropy_ratio"] for c in cells],
-            marker=marker,
-            label=method,
-        )
+    for u, colour in zip(updates, ("C0", "C3", "C2", "C4"), strict=False):
+        group = [c for c in cells if c["updates_per_rollout"] == u]
+        for method, marker in (("clip-cov", "o"), ("kl-cov", "s")):
+            axes[2].scatter(
+                [c["tail"]["tail_ratio"] for c in group],
+                [c[f"{method}_entropy_ratio"] for c in group],
+                marker=marker,
+                color=colour,
+                facecolors="none" if method == "clip-cov" else colour,
+                label=f"{method}, U={u}",
+            )
     axes[2].set_xscale("log")
     axes[2].set_yscale("log")
     axes[2].set_xlabel("step-0 tail ratio (top-0.02% mean / mean)")
     axes[2].set_ylabel("entropy / GRPO's at GRPO's 10% point")
-    axes[2].legend(fontsize=8)
+    axes[2].legend(fontsize=7)
     axes[2].set_title("the map: every cell", fontsize=9)
     figure.tight_layout()
     figure.savefig(out_dir / "cure_exact.png", dpi=80)
@@ -198,14 +226,24 @@ def _figures(cells: list[dict], out_dir) -> list:
     "noise-free Clip-Cov / KL-Cov on an exact prefix policy: heavy covariance tail -> entropy "
     "kept; the map of entropy ratio and reward gain against tail ratio, forks, V",
     ExactConfig,
-    quick={"vocab_sizes": (4,), "distractor_masses": (1e-1, 1e-3), "max_steps": 200},
+    quick={
+        "vocab_sizes": (4,),
+        "distractor_masses": (1e-1, 1e-3),
+        "updates_per_rollout": (1, 4),
+        "max_steps": 200,
+    },
 )
 def run(config: ExactConfig, context: RunContext) -> ExperimentResult:
     started = time.perf_counter()
     cells = []
-    grid = list(itertools.product(config.vocab_sizes, config.fork_counts, config.distractor_masses))
-    for vocab_size, forks, eps in context.progress(grid, total=len(grid), desc="cells"):
-        cells.append(map_cell(config, vocab_size, forks, eps))
+    grid = list(
+        itertools.product(
+            config.updates_per_rollout, config.vocab_sizes, config.fork_counts,
+            config.distractor_masses,
+        )
+    )  # fmt: skip
+    for updates, vocab_size, forks, eps in context.progress(grid, total=len(grid), desc="cells"):
+        cells.append(map_cell(config, vocab_size, forks, eps, updates))
     writer = context.writer()
     for index, cell in enumerate(cells):
         for step, h in enumerate(cell["curves"]["grpo"]["entropy"]):
@@ -214,12 +252,13 @@ def run(config: ExactConfig, context: RunContext) -> ExperimentResult:
             context.writer(f"cell{index}").log(
                 step, {"entropy": h, "reward": row["grpo/reward"], **row}
             )
-    columns = ["V", "forks (density)", "eps", "tail ratio", "share top 0.2%", "GRPO 10% step",
+    columns = ["U", "V", "forks (density)", "eps", "tail ratio", "share top 0.2%", "GRPO 10% step",
                "Clip-Cov H / GRPO", "KL-Cov H / GRPO", "Clip-Cov dR", "KL-Cov dR",
                "Clip-Cov removed", "KL-Cov removed"]  # fmt: skip
     rows = [
         [
-            c["vocab_size"], f"{c['forks']} ({c['fork_density']:.1f})", f"{c['eps']:g}",
+            c["updates_per_rollout"], c["vocab_size"],
+            f"{c['forks']} ({c['fork_density']:.1f})", f"{c['eps']:g}",
             f"{c['tail']['tail_ratio']:.1f}", f"{c['tail']['top_0.2%_share']:.3f}",
             c["stop_step"] if c["grpo_collapsed"] else f">{c['stop_step']}",
             f"{c['clip-cov_entropy_ratio']:.2f}", f"{c['kl-cov_entropy_ratio']:.2f}",
@@ -241,29 +280,33 @@ def run(config: ExactConfig, context: RunContext) -> ExperimentResult:
 
 
 def _claims(cells: list[dict]) -> list[Claim]:
-    tails = [c["tail"]["tail_ratio"] for c in cells]
-    heaviest = cells[int(np.argmax(tails))]
+    """Per number of updates per rollout U (ids end in ``.u<U>``): the entropy ratio grows
+    with the tail ratio over the cells, and the heaviest-tail cell keeps 5x GRPO's entropy."""
     claims = []
-    for method in ("clip-cov", "kl-cov"):
-        slug = method.replace("-", "_")
-        ratios = [c[f"{method}_entropy_ratio"] for c in cells]
-        if len(cells) > 2:
+    for u in sorted({c["updates_per_rollout"] for c in cells}):
+        group = [c for c in cells if c["updates_per_rollout"] == u]
+        tails = [c["tail"]["tail_ratio"] for c in group]
+        heaviest = group[int(np.argmax(tails))]
+        for method in ("clip-cov", "kl-cov"):
+            slug = method.replace("-", "_")
+            ratios = [c[f"{method}_entropy_ratio"] for c in group]
+            if len(group) > 2:
+                claims.append(
+                    greater_than(
+                        f"cure_exact.{slug}.entropy_ratio_grows_with_tail_ratio.u{u}",
+                        f"{method}, {u} update(s) per rollout: rank correlation over the cells "
+                        "of the step-0 tail ratio with the entropy relative to GRPO's",
+                        rank_correlation(tails, ratios),
+                        0.5,
+                    )
+                )
             claims.append(
                 greater_than(
-                    f"cure_exact.{slug}.entropy_ratio_grows_with_tail_ratio",
-                    f"{method}: rank correlation over the cells of the step-0 tail ratio with "
-                    "the entropy relative to GRPO's",
-                    rank_correlation(tails, ratios),
-                    0.5,
+                    f"cure_exact.{slug}.heaviest_tail_keeps_5x_entropy.u{u}",
+                    f"{method}, {u} update(s) per rollout: entropy relative to GRPO's in the "
+                    f"heaviest-tail cell (tail ratio {heaviest['tail']['tail_ratio']:.0f})",
+                    heaviest[f"{method}_entropy_ratio"],
+                    5.0,
                 )
             )
-        claims.append(
-            greater_than(
-                f"cure_exact.{slug}.heaviest_tail_keeps_5x_entropy",
-                f"{method}: entropy relative to GRPO's in the heaviest-tail cell (tail ratio "
-                f"{heaviest['tail']['tail_ratio']:.0f})",
-                heaviest[f"{method}_entropy_ratio"],
-                5.0,
-            )
-        )
     return claims

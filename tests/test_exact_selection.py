@@ -8,7 +8,10 @@ import torch
 from toy_entropy.algorithms.exact_selection import (
     TokenTable,
     expected_logit_update,
+    expected_run,
     keep_fraction,
+    ppo_clip_keep,
+    refreshed,
     tail_statistics,
     token_table,
 )
@@ -67,3 +70,38 @@ def test_heavier_tail_lets_kl_cov_keep_more_entropy():
     assert light["grpo_collapsed"] and heavy["grpo_collapsed"]
     assert heavy["kl-cov_entropy_ratio"] > light["kl-cov_entropy_ratio"] > 1.0
     assert heavy["kl-cov_removed"] == pytest.approx(2e-3)
+
+
+def test_ppo_clip_keep_drops_the_tokens_the_clip_holds():
+    ratio = torch.tensor([1.1, 1.3, 0.7, 0.9, 1.3, 0.7], dtype=torch.float64)
+    advantage = torch.tensor([1.0, 1.0, -1.0, -1.0, -1.0, 1.0], dtype=torch.float64)
+    assert ppo_clip_keep(ratio, advantage, 0.2).tolist() == [1, 0, 0, 1, 1, 1]
+
+
+def test_refreshed_table_follows_the_current_policy():
+    policy, rewards = fork_profile(2, 4, 3, 1, 0.05, 0.6, seed=3)
+    table = token_table(policy, rewards)
+    same = refreshed(table, policy.logits)
+    assert torch.allclose(same.log_prob, table.log_prob) and torch.allclose(same.cov, table.cov)
+    moved = policy.logits + torch.randn(policy.logits.shape, dtype=policy.logits.dtype)
+    expected = token_table(policy, rewards, current_logits=moved)
+    now = refreshed(table, moved)
+    assert torch.allclose(now.log_prob, expected.log_prob)
+    assert torch.allclose(now.cov, expected.cov)
+    assert torch.equal(now.weight, table.weight)
+
+
+def test_unclipped_natural_updates_on_one_rollout_add_up_to_one_larger_step():
+    # Without selection or clip the importance ratio cancels in the natural gradient, so U
+    # updates on one rollout's batch equal one update of U times the step size.
+    policy, rewards = fork_profile(2, 4, 3, 1, 0.05, 0.6, seed=2)
+    four = expected_run(policy, rewards, "none", 0.0, 3, 0.05, updates_per_rollout=4)
+    one = expected_run(policy, rewards, "none", 0.0, 3, 0.2)
+    assert four["entropy"] == pytest.approx(one["entropy"], rel=1e-9)
+    # The clip holds tokens whose ratio has moved past 1 + eps: the entropy falls more slowly.
+    clipped = expected_run(
+        policy, rewards, "none", 0.0, 3, 0.05, updates_per_rollout=4, clip_ratio=0.02
+    )
+    assert clipped["entropy"][-1] > one["entropy"][-1]
+    with pytest.raises(ValueError, match="updates_per_rollout"):
+        expected_run(policy, rewards, "none", 0.0, 1, 0.1, updates_per_rollout=0)

@@ -30,6 +30,14 @@ per state s and action a, with ``M(s, a) = sum_{i at (s, a)} w_i keep_i A_i`` an
 gradient) or ``dz = eta M / D`` (rule "npg", the natural gradient of a tabular softmax: the kept
 advantage expected at (s, a); without selection, the normalised ``Q(s, a) - mu_p``). No
 sampling noise enters anywhere.
+
+Several updates per rollout (:func:`expected_run`'s ``updates_per_rollout``) keep the rollout's
+weights and advantages and move the policy away from it: the surrogate's token terms carry the
+importance ratio ``rho = pi / pi_rollout``, PPO's clip drops the tokens it holds, and the
+selection ranks by the covariance under the current policy. The plain gradient is then
+``eta (c - pi sum_b c)`` with ``c(s, a) = sum w keep A rho``; the natural gradient (Fisher of
+the current policy at the rollout's state weights ``D(s)``) is ``c / (D(s) pi(a|s))``, and
+since ``D(s, a) = D(s) pi_rollout(a|s)`` the ratio cancels: it stays ``eta M / D``.
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ __all__ = [
     "with_score",
     "entropy_bonus_update",
     "optimum_distance",
+    "refreshed",
+    "ppo_clip_keep",
     "SELECTIONS",
     "CANDIDATE_RULES",
     "SCORES",
@@ -315,6 +325,23 @@ def optimum_distance(policy: PrefixPolicy, rewards: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def refreshed(table: TokenTable, logits: torch.Tensor) -> TokenTable:
+    """The rollout batch ``table`` with the log-probs and covariance of the policy ``logits``
+    (P, S, V): the weights and advantages stay the rollout's, as on a rollout's later updates."""
+    log_prob = torch.log_softmax(logits, dim=-1).reshape(-1)[table.atom]  # (n,)
+    w = table.weight
+    cov = (log_prob - (w * log_prob).sum()) * (table.advantage - (w * table.advantage).sum())
+    return replace(table, log_prob=log_prob, cov=cov)
+
+
+def ppo_clip_keep(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> torch.Tensor:
+    """(n,) 1 where PPO's clipped surrogate still has a gradient, 0 where the clip holds the
+    token: ``A > 0`` and ``ratio > 1 + eps``, or ``A < 0`` and ``ratio < 1 - eps``."""
+    clipped = ((advantage > 0) & (ratio > 1.0 + eps)) | ((advantage < 0) & (ratio < 1.0 - eps))
+    return (~clipped).to(ratio.dtype)
+
+
+@torch.no_grad()
 def expected_run(
     policy: PrefixPolicy,
     rewards: torch.Tensor,
@@ -332,6 +359,8 @@ def expected_run(
     entropy_coeff: float = 0.0,
     advantage: str = "grpo",
     record: Callable[[PrefixPolicy], dict[str, float]] | None = None,
+    updates_per_rollout: int = 1,
+    clip_ratio: float | None = None,
 ) -> dict[str, list[float]]:
     """``steps`` exact expected updates from the policy's current logits (restored after).
 
@@ -347,11 +376,21 @@ def expected_run(
             (:func:`entropy_bonus_update`).
         advantage: ``"grpo"`` or ``"dr_grpo"`` (:func:`token_table`).
         record: extra per-step values of the policy, appended under their keys.
+        updates_per_rollout: U, updates on each rollout's batch (the paper's 8 mini-batches,
+            each the whole batch in this limit): update u > 0 ranks the tokens by the
+            covariance under the current policy (:func:`refreshed`) and weights the plain
+            gradient by the importance ratio (the natural gradient's ratio cancels).
+        clip_ratio: PPO's symmetric clip eps: a token with ``A > 0`` and ratio above
+            ``1 + eps`` or ``A < 0`` and ratio below ``1 - eps`` keeps no gradient
+            (:func:`ppo_clip_keep`); None: no clip (KL-Cov's reference loss).
 
-    Returns per-step lists (``steps + 1`` entries, the start included) of ``entropy`` (nats,
+    Returns per-rollout lists (``steps + 1`` entries, the start included) of ``entropy`` (nats,
     response-mean H(pi, D)), ``reward`` (expected), ``cov_mean`` and ``removed`` (the weight
-    whose gradient the selection removes; 0 at the last entry), and the ``record`` keys.
+    whose gradient the selection removes, the mean over the rollout's updates; 0 at the last
+    entry), and the ``record`` keys.
     """
+    if updates_per_rollout < 1:
+        raise ValueError(f"updates_per_rollout must be >= 1, got {updates_per_rollout}")
     start = policy.logits.detach().clone()
     curves: dict[str, list[float]] = {"entropy": [], "reward": [], "cov_mean": [], "removed": []}
     try:
@@ -371,14 +410,23 @@ def expected_run(
                 curves["removed"].append(0.0)
                 continue
             step_ratio = ratio * (1.0 if ratio_schedule is None else ratio_schedule(step))
-            keep = keep_fraction(
-                with_score(table, score), selection, step_ratio, lower, upper, candidates
-            )
-            curves["removed"].append(float((table.weight * (1.0 - keep)).sum()))
-            dz = expected_logit_update(policy, table, keep, step_size, rule)
-            if entropy_coeff:
-                dz += entropy_bonus_update(policy, table, step_size, entropy_coeff, rule)
-            policy.apply_update(dz)
+            removed = 0.0
+            for update in range(updates_per_rollout):
+                current = table if update == 0 else refreshed(table, policy.logits)
+                keep = keep_fraction(
+                    with_score(current, score), selection, step_ratio, lower, upper, candidates
+                )
+                removed += float((table.weight * (1.0 - keep)).sum()) / updates_per_rollout
+                ratio_now = (current.log_prob - table.log_prob).exp()  # (n,) pi / pi_rollout
+                if clip_ratio is not None:
+                    keep = keep * ppo_clip_keep(ratio_now, table.advantage, clip_ratio)
+                if rule == "pg":  # the natural gradient's ratio cancels (module docstring)
+                    keep = keep * ratio_now
+                dz = expected_logit_update(policy, table, keep, step_size, rule)
+                if entropy_coeff:
+                    dz += entropy_bonus_update(policy, table, step_size, entropy_coeff, rule)
+                policy.apply_update(dz)
+            curves["removed"].append(removed)
     finally:
         policy.logits.copy_(start)
     return curves
