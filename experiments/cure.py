@@ -51,15 +51,21 @@ from toy_entropy.training.warmstart import WarmStartConfig
 __all__ = [
     "CURE_METHODS",
     "CureConfig",
+    "ENTROPY_ALPHAS",
     "ForkRegime",
     "cure_budget",
     "cure_train_config",
+    "exploding_alpha",
     "methods_table",
     "regime_train_config",
     "resolve_prompts",
     "roughness",
     "seed_stats",
 ]
+
+ENTROPY_ALPHAS = ("1e-4", "1e-3", "5e-3", "1e-2", "3e-2", "1e-1")
+"""entropy_coeff values of the entropy-bonus methods (the paper's knife-edge: 1e-4 and 1e-3
+collapse, 5e-3 holds, 1e-2 explodes)"""
 
 CURE_METHODS: dict[str, dict] = {
     "grpo": {},
@@ -70,11 +76,12 @@ CURE_METHODS: dict[str, dict] = {
     "kl-cov-2e-3": {"loss_mode": "kl_cov", "kl_cov_ratio": 2e-3},
     "kl-cov-1e-2": {"loss_mode": "kl_cov", "kl_cov_ratio": 1e-2},
     "kl-cov-2e-3-b5": {"loss_mode": "kl_cov", "kl_cov_ratio": 2e-3, "ppo_kl_coef": 5.0},
-    **{f"entropy-{a}": {"entropy_coeff": float(a)} for a in ("1e-4", "1e-3", "5e-3", "1e-2")},
+    **{f"entropy-{a}": {"entropy_coeff": float(a)} for a in ENTROPY_ALPHAS},
 }
 """Method name -> PolicyLossConfig fields it changes; the paper's settings are clip-cov-2e-4 and
 kl-cov-2e-3, the others vary r, k and beta for the monotonicity claims; the entropy bonuses
-(not run by default) re-test the knife-edge in this regime."""
+(not run by default) re-test the knife-edge in this regime: the paper's 1e-4 .. 1e-2 and
+larger ones to find where the toy's entropy explodes."""
 
 DEFAULT_METHODS = tuple(m for m in CURE_METHODS if not m.startswith("entropy-"))
 
@@ -94,13 +101,15 @@ SMOKE_BANNER = (
 def cure_budget() -> TrainConfig:
     """Every method's run at the paper's settings on the ``fork`` task: GRPO advantages with the
     all-equal group filter, 8 optimiser steps per rollout, temperature 1, token-mean, AdamW
-    1e-3; 60 steps of 64 x 8 responses (CPU). The warm start adds no noise of its own (the
-    fork task's demonstrations carry it, see :class:`ForkRegime`)."""
+    1e-3; 30 steps of 256 x 8 responses, the paper's batch (about 11k valid tokens per
+    optimisation batch at the start; GRPO's entropy falls below 10% of its start by step 25).
+    The warm start adds no noise of its own (the fork task's demonstrations carry it, see
+    :class:`ForkRegime`)."""
     return TrainConfig(
         task="fork",
         warmstart=WarmStartConfig(steps=1000, noise=0.0),
-        total_steps=60,
-        num_prompts=64,
+        total_steps=30,
+        num_prompts=256,
         num_mini_batches=8,
         filter_groups=True,
         learning_rate=1e-3,
@@ -180,8 +189,9 @@ class CureConfig:
     """methods to compare (names of CURE_METHODS; entropy-1e-4 .. entropy-1e-2 on request)"""
     num_seeds: int = 3
     """seeds per method"""
-    cuda_num_prompts: int = 256
-    """P, prompts per rollout on CUDA (the paper's batch); 0: train.num_prompts, as on the CPU"""
+    cuda_num_prompts: int = 512
+    """P, prompts per rollout on CUDA (twice the paper's batch); 0: train.num_prompts, as on
+    the CPU"""
     shared_warm_start: bool = True
     """every run starts from the warm start of the base seed (seeds vary the RL only, as the
     paper's runs share a base model); False: one warm start per seed"""
@@ -383,12 +393,27 @@ def run(config: CureConfig, context: RunContext) -> ExperimentResult:
     }
     claims = cure_claims(stats, measured, config.smoke_test, k)
     bonus = {m: s for m, s in stats.items() if m == "grpo" or m.startswith("entropy-")}
+    if len(bonus) > 1:
+        headline["exploding_alpha"] = exploding_alpha(bonus)
+        print(f"\nentropy bonus: smallest alpha whose entropy ends above its start: "
+              f"{headline['exploding_alpha']}")  # fmt: skip
     if len(bonus) > 1 and "grpo" in bonus:  # the knife-edge, with the methods experiment's claims
         claims += [
             replace(claim, id="cure." + claim.id.split(".", 1)[1])
             for claim in methods_claims(bonus, k)
         ]
     return ExperimentResult(headline, claims)
+
+
+def exploding_alpha(stats: dict[str, dict]) -> float | None:
+    """The smallest entropy-bonus alpha among ``stats``' ``entropy-<alpha>`` methods whose
+    final entropy is above its initial one (the methods experiment's "explodes"); None if none."""
+    exploding = [
+        float(m.removeprefix("entropy-"))
+        for m, s in stats.items()
+        if m.startswith("entropy-") and s["final_entropy"]["mean"] > s["initial_entropy"]["mean"]
+    ]
+    return min(exploding) if exploding else None
 
 
 def _h(stats: dict, method: str) -> float:

@@ -202,7 +202,7 @@ def run(config: LawConfig, context: RunContext) -> ExperimentResult:
     context.writer().add_figure("law/reward_vs_entropy", figure_law(sub_runs))
     context.writer().add_text("law/table", markdown_table(table["columns"], table["rows"]))
     headline = {
-        "table1": report_table1(context, results, "reverse, all variants, step 1"),
+        "table1": report_table1(context, results, f"{config.train.task}, all variants, step 1"),
         "variants": per_variant,
         "estimator_spread_z": across_estimators,
         "size_loglinear": across_sizes,

@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from toy_entropy.experiments.cli import main
-from toy_entropy.experiments.cure import CureConfig, ForkRegime, cure_train_config, roughness
+from toy_entropy.experiments.cure import (
+    CureConfig,
+    ForkRegime,
+    cure_train_config,
+    exploding_alpha,
+    roughness,
+)
+from toy_entropy.experiments.cure_map import main as main_map
+from toy_entropy.experiments.cure_map import map_rows
+from toy_entropy.runs.report import load_run_directory
 from toy_entropy.training.config import ConfigError, replace_paths
 
 TINY_CURE = [
@@ -61,6 +70,12 @@ def test_cure_tiny_run_writes_table1_methods_and_claims(tmp_path, monkeypatch, o
     assert anatomy["anatomy/top_0.2%_log_prob"] < 0
     rows = [json.loads(line) for line in (out / "grpo" / "seed0" / "metrics.jsonl").open()]
     assert {"cov/tail_ratio", "cov/top_0.02%_share", "cov/valid_tokens"} <= set(rows[1])
+    # The map reads the run directory back: one row, the summary's numbers.
+    (row,) = map_rows(load_run_directory(out))
+    assert row[0] == "run" and row[3] == "4 x 8" and row[4] == 2 and row[6] == 2
+    assert float(row[7]) == pytest.approx(measured["tail_ratio"], abs=0.5)
+    assert row[8] == "-" and float(row[9]) == pytest.approx(ratio["measured"], abs=0.005)
+    assert main_map([str(out), str(tmp_path)]) == 2  # tmp_path is not a run directory
 
 
 def test_cure_config_uses_the_paper_recipe_and_checks_fields():
@@ -82,6 +97,16 @@ def test_cure_config_uses_the_paper_recipe_and_checks_fields():
         CureConfig(methods=("grpo", "dapo"))
     with pytest.raises(ConfigError, match="vocab_size"):
         CureConfig(fork=ForkRegime(vocab_size=10))
+
+
+def test_exploding_alpha_is_the_smallest_bonus_whose_entropy_ends_above_its_start():
+    def stat(start, end):
+        return {"initial_entropy": {"mean": start}, "final_entropy": {"mean": end}}
+
+    stats = {"grpo": stat(1.0, 0.1), "entropy-1e-3": stat(1.0, 0.2),
+             "entropy-3e-2": stat(1.0, 1.5), "entropy-1e-1": stat(1.0, 3.0)}  # fmt: skip
+    assert exploding_alpha(stats) == pytest.approx(3e-2)
+    assert exploding_alpha({"grpo": stat(1.0, 2.0), "entropy-1e-3": stat(1.0, 0.5)}) is None
 
 
 def test_roughness_of_known_curves():

@@ -89,6 +89,7 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
     # CPU toys. vocab_size / block_size are defaults; tasks override them.
     "cpu-nano": dict(n_layer=2, n_head=2, n_embd=32, vocab_size=64, block_size=64),
     "cpu-micro": dict(n_layer=3, n_head=3, n_embd=48, vocab_size=64, block_size=64),  # gpt-nano
+    "cpu-mini": dict(n_layer=3, n_head=4, n_embd=80, vocab_size=64, block_size=64),
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, vocab_size=256, block_size=128),
     # GPU sizes; parameters (tied embeddings) at vocab 8k / 16k / 32k:
     # gpu-10m 10.2M / 12.8M / 18.1M, gpu-30m 29.7M / 33.9M / 42.3M,
