@@ -7,7 +7,9 @@ puts ``1 - eps`` on the determined token and spreads ``eps`` over the other V - 
 the rest but ``eps``, which the others share. Reward 1 for the correct response.
 The expected dynamics (:func:`toy_entropy.algorithms.exact_selection.expected_run`, natural-gradient
 steps on the exact token batch, GRPO advantages, the all-equal filter) of GRPO, Clip-Cov and
-KL-Cov run from the same start without any sampling noise.
+KL-Cov run from the same start without any sampling noise; with U updates per rollout GRPO and
+Clip-Cov are clipped (PPO eps ``clip_ratio``), KL-Cov is not (its reference loss), and
+"KL-Cov + clip" is KL-Cov under the same clip.
 
 The map: for every cell of updates per rollout x distractor mass x fork count x vocabulary
 size, the step-0 tail
@@ -38,7 +40,14 @@ from toy_entropy.training.config import check_positive_int, check_range
 
 __all__ = ["ExactConfig", "fork_profile", "map_cell"]
 
-METHODS = {"grpo": ("none", 0.0), "clip-cov": ("clip_cov", None), "kl-cov": ("kl_cov", None)}
+SELECTION_METHODS = {
+    "clip-cov": ("clip_cov", "clip_cov_ratio", True),
+    "kl-cov": ("kl_cov", "kl_cov_ratio", False),
+    "kl-cov-clip": ("kl_cov", "kl_cov_ratio", True),
+}
+"""Method -> (selection rule, the ExactConfig field of its ratio, clipped like GRPO?): KL-Cov's
+reference loss has no PPO clip; ``kl-cov-clip`` is KL-Cov under GRPO's clip (the trainer's
+``kl_cov_ppo_clip``), which tells the selection's effect from the clip's when U > 1."""
 
 
 @dataclass
@@ -146,20 +155,16 @@ def map_cell(
         config.num_prompts, vocab_size, config.length, forks, eps, config.fork_correct, config.seed
     )
     tail = tail_statistics(token_table(policy, rewards))
-    clip = {"grpo": config.clip_ratio, "clip-cov": config.clip_ratio, "kl-cov": None}
     grpo = expected_run(
         policy, rewards, "none", 0.0, config.max_steps, config.step_size,
-        updates_per_rollout=updates, clip_ratio=clip["grpo"],
+        updates_per_rollout=updates, clip_ratio=config.clip_ratio, stop_below=0.1,
     )  # fmt: skip
-    start = grpo["entropy"][0]
-    below = [i for i, h in enumerate(grpo["entropy"]) if h < 0.1 * start]
-    stop = below[0] if below else config.max_steps
-    runs = {"grpo": {k: v[: stop + 1] for k, v in grpo.items()}}
-    ratios = {"clip-cov": config.clip_cov_ratio, "kl-cov": config.kl_cov_ratio}
-    for method, selection in (("clip-cov", "clip_cov"), ("kl-cov", "kl_cov")):
+    stop = len(grpo["entropy"]) - 1
+    runs = {"grpo": grpo}
+    for method, (selection, ratio_field, clipped) in SELECTION_METHODS.items():
         runs[method] = expected_run(
-            policy, rewards, selection, ratios[method], stop, config.step_size,
-            updates_per_rollout=updates, clip_ratio=clip[method],
+            policy, rewards, selection, getattr(config, ratio_field), stop, config.step_size,
+            updates_per_rollout=updates, clip_ratio=config.clip_ratio if clipped else None,
         )  # fmt: skip
     cell = {
         "vocab_size": vocab_size,
@@ -169,10 +174,10 @@ def map_cell(
         "updates_per_rollout": updates,
         "tail": tail,
         "stop_step": stop,
-        "grpo_collapsed": bool(below),
+        "grpo_collapsed": grpo["entropy"][-1] < 0.1 * grpo["entropy"][0],
         "curves": runs,
     }
-    for method in ("clip-cov", "kl-cov"):
+    for method in SELECTION_METHODS:
         cell[f"{method}_entropy_ratio"] = runs[method]["entropy"][-1] / runs["grpo"]["entropy"][-1]
         cell[f"{method}_reward_gain"] = runs[method]["reward"][-1] - runs["grpo"]["reward"][-1]
         cell[f"{method}_removed"] = float(np.mean(runs[method]["removed"][:-1]))
@@ -201,7 +206,7 @@ def _figures(cells: list[dict], out_dir) -> list:
         axis.legend(fontsize=8)
     for u, colour in zip(updates, ("C0", "C3", "C2", "C4"), strict=False):
         group = [c for c in cells if c["updates_per_rollout"] == u]
-        for method, marker in (("clip-cov", "o"), ("kl-cov", "s")):
+        for method, marker in (("clip-cov", "o"), ("kl-cov", "s"), ("kl-cov-clip", "^")):
             axes[2].scatter(
                 [c["tail"]["tail_ratio"] for c in group],
                 [c[f"{method}_entropy_ratio"] for c in group],
@@ -252,18 +257,20 @@ def run(config: ExactConfig, context: RunContext) -> ExperimentResult:
             context.writer(f"cell{index}").log(
                 step, {"entropy": h, "reward": row["grpo/reward"], **row}
             )
-    columns = ["U", "V", "forks (density)", "eps", "tail ratio", "share top 0.2%", "GRPO 10% step",
-               "Clip-Cov H / GRPO", "KL-Cov H / GRPO", "Clip-Cov dR", "KL-Cov dR",
-               "Clip-Cov removed", "KL-Cov removed"]  # fmt: skip
+    labels = {"clip-cov": "Clip-Cov", "kl-cov": "KL-Cov", "kl-cov-clip": "KL-Cov + clip"}
+    columns = ["U", "V", "forks (density)", "eps", "tail ratio", "share top 0.2%", "GRPO 10% step"]
+    columns += [f"{labels[m]} H / GRPO" for m in SELECTION_METHODS]
+    columns += [f"{labels[m]} dR" for m in SELECTION_METHODS]
+    columns += [f"{labels[m]} removed" for m in SELECTION_METHODS]
     rows = [
         [
             c["updates_per_rollout"], c["vocab_size"],
             f"{c['forks']} ({c['fork_density']:.1f})", f"{c['eps']:g}",
             f"{c['tail']['tail_ratio']:.1f}", f"{c['tail']['top_0.2%_share']:.3f}",
             c["stop_step"] if c["grpo_collapsed"] else f">{c['stop_step']}",
-            f"{c['clip-cov_entropy_ratio']:.2f}", f"{c['kl-cov_entropy_ratio']:.2f}",
-            f"{c['clip-cov_reward_gain']:+.3f}", f"{c['kl-cov_reward_gain']:+.3f}",
-            f"{c['clip-cov_removed']:.1e}", f"{c['kl-cov_removed']:.1e}",
+            *(f"{c[f'{m}_entropy_ratio']:.2f}" for m in SELECTION_METHODS),
+            *(f"{c[f'{m}_reward_gain']:+.3f}" for m in SELECTION_METHODS),
+            *(f"{c[f'{m}_removed']:.1e}" for m in SELECTION_METHODS),
         ]
         for c in cells
     ]  # fmt: skip
@@ -287,7 +294,7 @@ def _claims(cells: list[dict]) -> list[Claim]:
         group = [c for c in cells if c["updates_per_rollout"] == u]
         tails = [c["tail"]["tail_ratio"] for c in group]
         heaviest = group[int(np.argmax(tails))]
-        for method in ("clip-cov", "kl-cov"):
+        for method in SELECTION_METHODS:
             slug = method.replace("-", "_")
             ratios = [c[f"{method}_entropy_ratio"] for c in group]
             if len(group) > 2:

@@ -105,3 +105,12 @@ def test_unclipped_natural_updates_on_one_rollout_add_up_to_one_larger_step():
     assert clipped["entropy"][-1] > one["entropy"][-1]
     with pytest.raises(ValueError, match="updates_per_rollout"):
         expected_run(policy, rewards, "none", 0.0, 1, 0.1, updates_per_rollout=0)
+
+
+def test_stop_below_ends_the_run_at_the_first_rollout_under_the_fraction():
+    policy, rewards = fork_profile(2, 4, 3, 1, 0.05, 0.6, seed=2)
+    full = expected_run(policy, rewards, "none", 0.0, 60, 0.2)
+    stopped = expected_run(policy, rewards, "none", 0.0, 60, 0.2, stop_below=0.5)
+    first = next(i for i, h in enumerate(full["entropy"]) if h < 0.5 * full["entropy"][0])
+    assert len(stopped["entropy"]) == first + 1 and stopped["removed"][-1] == 0.0
+    assert stopped["entropy"] == pytest.approx(full["entropy"][: first + 1])

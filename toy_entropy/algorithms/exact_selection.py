@@ -361,6 +361,7 @@ def expected_run(
     record: Callable[[PrefixPolicy], dict[str, float]] | None = None,
     updates_per_rollout: int = 1,
     clip_ratio: float | None = None,
+    stop_below: float | None = None,
 ) -> dict[str, list[float]]:
     """``steps`` exact expected updates from the policy's current logits (restored after).
 
@@ -383,8 +384,11 @@ def expected_run(
         clip_ratio: PPO's symmetric clip eps: a token with ``A > 0`` and ratio above
             ``1 + eps`` or ``A < 0`` and ratio below ``1 - eps`` keeps no gradient
             (:func:`ppo_clip_keep`); None: no clip (KL-Cov's reference loss).
+        stop_below: end the run at the first rollout whose entropy is below this fraction of
+            the start (that rollout is the last entry); None: run all ``steps``.
 
-    Returns per-rollout lists (``steps + 1`` entries, the start included) of ``entropy`` (nats,
+    Returns per-rollout lists (``steps + 1`` entries, the start included, fewer with
+    ``stop_below``) of ``entropy`` (nats,
     response-mean H(pi, D)), ``reward`` (expected), ``cov_mean`` and ``removed`` (the weight
     whose gradient the selection removes, the mean over the rollout's updates; 0 at the last
     entry), and the ``record`` keys.
@@ -399,6 +403,10 @@ def expected_run(
             curves["reward"].append(float(policy.expected_reward(rewards)))
             for key, value in (record(policy) if record is not None else {}).items():
                 curves.setdefault(key, []).append(value)
+            entropies = curves["entropy"]
+            last = step == steps or (
+                stop_below is not None and entropies[-1] < stop_below * entropies[0]
+            )
             try:
                 table = token_table(policy, rewards, advantage)
             except ValueError:  # every prompt's reward is constant: the filter leaves nothing
@@ -406,8 +414,10 @@ def expected_run(
             curves["cov_mean"].append(
                 0.0 if table is None else float((table.weight * table.cov).sum())
             )
-            if step == steps or table is None:
+            if last or table is None:
                 curves["removed"].append(0.0)
+                if last:
+                    break
                 continue
             step_ratio = ratio * (1.0 if ratio_schedule is None else ratio_schedule(step))
             removed = 0.0
