@@ -58,7 +58,7 @@ __all__ = [
     "exploding_alpha",
     "methods_table",
     "regime_train_config",
-    "resolve_prompts",
+    "for_device",
     "roughness",
     "seed_stats",
 ]
@@ -192,6 +192,8 @@ class CureConfig:
     cuda_num_prompts: int = 512
     """P, prompts per rollout on CUDA (twice the paper's batch); 0: train.num_prompts, as on
     the CPU"""
+    cuda_vocab_size: int = 8192
+    """V on CUDA (more distractors, rarer ones); 0: fork.vocab_size, as on the CPU"""
     shared_warm_start: bool = True
     """every run starts from the warm start of the base seed (seeds vary the RL only, as the
     paper's runs share a base model); False: one warm start per seed"""
@@ -207,6 +209,7 @@ class CureConfig:
             check_choice("methods", name, list(CURE_METHODS))
         check_range("num_seeds", self.num_seeds, 1)
         check_range("cuda_num_prompts", self.cuda_num_prompts, 0)
+        check_range("cuda_vocab_size", self.cuda_vocab_size, 0)
         check_range("workers", self.workers, 0)
         cure_train_config(self, self.methods[0], self.train.num_prompts)  # a valid TrainConfig
 
@@ -220,12 +223,17 @@ def cure_train_config(
     )
 
 
-def resolve_prompts(cuda_num_prompts: int, train: TrainConfig, device_type: str) -> int:
-    """P of a run on ``device_type``: ``cuda_num_prompts`` on CUDA unless 0, else
-    ``train.num_prompts``."""
-    if device_type == "cuda" and cuda_num_prompts:
-        return cuda_num_prompts
-    return train.num_prompts
+def for_device(config: CureConfig, device_type: str) -> CureConfig:
+    """``config`` as it runs on ``device_type``: on CUDA with ``cuda_num_prompts`` prompts per
+    rollout and a ``cuda_vocab_size`` vocabulary (each unless 0); elsewhere unchanged."""
+    if device_type != "cuda":
+        return config
+    changes: dict[str, Any] = {}
+    if config.cuda_num_prompts:
+        changes["train"] = replace(config.train, num_prompts=config.cuda_num_prompts)
+    if config.cuda_vocab_size:
+        changes["fork"] = replace(config.fork, vocab_size=config.cuda_vocab_size)
+    return replace(config, **changes)
 
 
 def covariance_anatomy(trainer, rollout: Rollout) -> dict[str, float]:
@@ -326,6 +334,7 @@ def methods_table(stats: dict[str, dict], k: int) -> dict:
         "train.total_steps": 20,
         "train.num_prompts": 16,
         "cuda_num_prompts": 0,
+        "cuda_vocab_size": 0,
         "train.eval_every": 10,
         "train.eval_prompts": 64,
         "smoke_test": True,
@@ -334,7 +343,8 @@ def methods_table(stats: dict[str, dict], k: int) -> dict:
 def run(config: CureConfig, context: RunContext) -> ExperimentResult:
     if config.smoke_test:
         print(SMOKE_BANNER, flush=True)
-    num_prompts = resolve_prompts(config.cuda_num_prompts, config.train, context.device.type)
+    config = for_device(config, context.device.type)
+    num_prompts = config.train.num_prompts
     warm_seed = context.seed if config.shared_warm_start else -1
     specs = [
         RunSpec(

@@ -80,9 +80,10 @@ def map_rows(run: RunDirectory, k: int = 8) -> list[list]:
     if not fork:
         raise ValueError(f"{run.path}: not a run on the fork task (its config has no 'fork')")
     answer_length = fork["num_forks"] * (fork["segment_length"] + 1) + 1
-    prompts = train.get("num_prompts")
-    if str(run.config.get("device", "")).startswith("cuda") and config.get("cuda_num_prompts"):
-        prompts = config["cuda_num_prompts"]  # as cure's resolve_prompts
+    prompts, vocab_size = train.get("num_prompts"), fork["vocab_size"]
+    if str(run.config.get("device", "")).startswith("cuda"):  # as cure's for_device
+        prompts = config.get("cuda_num_prompts") or prompts
+        vocab_size = config.get("cuda_vocab_size") or vocab_size
     groups = _grouped(run)
     if len(groups) > 1:  # the updates part: its U = num_mini_batches runs repeat the plain ones
         groups.pop(None, None)
@@ -101,7 +102,7 @@ def map_rows(run: RunDirectory, k: int = 8) -> list[list]:
             [
                 run.path.name,
                 f"{fork['num_forks'] / answer_length:.3f}",
-                fork["vocab_size"],
+                vocab_size,
                 f"{prompts} x {train.get('num_generations')}",
                 updates if updates is not None else train.get("num_mini_batches"),
                 f"{valid:.0f}",

@@ -1,6 +1,7 @@
 """The cure experiment end to end on tiny settings, and its pieces with known answers."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from toy_entropy.experiments.cure import (
     ForkRegime,
     cure_train_config,
     exploding_alpha,
+    for_device,
     roughness,
 )
 from toy_entropy.experiments.cure_map import main as main_map
@@ -107,6 +109,18 @@ def test_exploding_alpha_is_the_smallest_bonus_whose_entropy_ends_above_its_star
              "entropy-3e-2": stat(1.0, 1.5), "entropy-1e-1": stat(1.0, 3.0)}  # fmt: skip
     assert exploding_alpha(stats) == pytest.approx(3e-2)
     assert exploding_alpha({"grpo": stat(1.0, 2.0), "entropy-1e-3": stat(1.0, 0.5)}) is None
+
+
+def test_cuda_runs_the_same_regime_at_a_larger_batch_and_vocabulary():
+    config = CureConfig()
+    assert for_device(config, "cpu") is config
+    cuda = for_device(config, "cuda")
+    assert (cuda.train.num_prompts, cuda.fork.vocab_size) == (512, 8192)
+    assert cuda.fork.num_forks == config.fork.num_forks and cuda.methods == config.methods
+    spec = cure_train_config(cuda, "kl-cov-2e-3", cuda.train.num_prompts)
+    assert spec.num_prompts == 512 and spec.extra_tokens == 8192 - 29
+    kept = for_device(replace(config, cuda_num_prompts=0, cuda_vocab_size=0), "cuda")
+    assert (kept.train.num_prompts, kept.fork.vocab_size) == (256, 1024)
 
 
 def test_roughness_of_known_curves():
