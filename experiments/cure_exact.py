@@ -7,9 +7,10 @@ puts ``1 - eps`` on the determined token and spreads ``eps`` over the other V - 
 the rest but ``eps``, which the others share. Reward 1 for the correct response.
 The expected dynamics (:func:`toy_entropy.algorithms.exact_selection.expected_run`, natural-gradient
 steps on the exact token batch, GRPO advantages, the all-equal filter) of GRPO, Clip-Cov and
-KL-Cov run from the same start without any sampling noise; with U updates per rollout GRPO and
-Clip-Cov are clipped (PPO eps ``clip_ratio``), KL-Cov is not (its reference loss), and
-"KL-Cov + clip" is KL-Cov under the same clip.
+KL-Cov run from the same start without any sampling noise; with U updates per rollout GRPO is
+clipped at PPO eps ``clip_ratio`` (0.2), Clip-Cov at ``clip_cov_clip_ratio`` (also 0.2 by
+default; the paper's recipe uses 1), KL-Cov not at all (its reference loss), and "KL-Cov +
+clip" is KL-Cov under GRPO's clip.
 
 The map: for every cell of updates per rollout x distractor mass x fork count x vocabulary
 size, the step-0 tail
@@ -41,13 +42,14 @@ from toy_entropy.training.config import check_positive_int, check_range
 __all__ = ["ExactConfig", "fork_profile", "map_cell"]
 
 SELECTION_METHODS = {
-    "clip-cov": ("clip_cov", "clip_cov_ratio", True),
-    "kl-cov": ("kl_cov", "kl_cov_ratio", False),
-    "kl-cov-clip": ("kl_cov", "kl_cov_ratio", True),
+    "clip-cov": ("clip_cov", "clip_cov_ratio", "clip_cov_clip_ratio"),
+    "kl-cov": ("kl_cov", "kl_cov_ratio", None),
+    "kl-cov-clip": ("kl_cov", "kl_cov_ratio", "clip_ratio"),
 }
-"""Method -> (selection rule, the ExactConfig field of its ratio, clipped like GRPO?): KL-Cov's
-reference loss has no PPO clip; ``kl-cov-clip`` is KL-Cov under GRPO's clip (the trainer's
-``kl_cov_ppo_clip``), which tells the selection's effect from the clip's when U > 1."""
+"""Method -> (selection rule, the ExactConfig field of its ratio, the field of its PPO clip eps
+or None for no clip). KL-Cov's reference loss has no clip; ``kl-cov-clip`` is KL-Cov under
+GRPO's clip (the trainer's ``kl_cov_ppo_clip``), which tells the selection's effect from the
+clip's when U > 1."""
 
 
 @dataclass
@@ -65,8 +67,12 @@ class ExactConfig:
     updates_per_rollout: tuple[int, ...] = (1, 8)
     """U values of the map: updates on each rollout's batch (the paper: 8)"""
     clip_ratio: float = 0.2
-    """PPO clip eps of GRPO and Clip-Cov on a rollout's later updates (KL-Cov: no clip, as
-    its reference loss)"""
+    """PPO clip eps of GRPO (and of KL-Cov + clip) on a rollout's later updates"""
+    clip_cov_clip_ratio: float = 0.2
+    """PPO clip eps of Clip-Cov; GRPO's by default, so the map compares the selections. The
+    paper's recipe uses 1, which clips no negative-advantage token: at U > 1 their exact
+    natural-gradient steps, which grow like sqrt(p / (1 - p)) as a prompt's success rate p
+    nears 1, then drive the policy to determinism (docs/cure.md)."""
     fork_correct: float = 0.6
     """warm-start probability of the correct token at a fork (below ~0.5 the rare correct fork
     makes the mean covariance negative: entropy first rises, and the tail ratio is negative)"""
@@ -93,6 +99,7 @@ class ExactConfig:
         for updates in self.updates_per_rollout:
             check_range("updates_per_rollout", updates, 1, 64)
         check_range("clip_ratio", self.clip_ratio, 0, 1, low_inclusive=False)
+        check_range("clip_cov_clip_ratio", self.clip_cov_clip_ratio, 0, 1, low_inclusive=False)
         check_range(
             "fork_correct", self.fork_correct, 0, 1, low_inclusive=False, high_inclusive=False
         )
@@ -150,7 +157,7 @@ def map_cell(
     config: ExactConfig, vocab_size: int, forks: int, eps: float, updates: int = 1
 ) -> dict:
     """Tail statistics at step 0 and the three methods' expected runs for one cell, with
-    ``updates`` updates per rollout (GRPO and Clip-Cov clipped at ``config.clip_ratio``)."""
+    ``updates`` updates per rollout (each method clipped as :data:`SELECTION_METHODS` says)."""
     policy, rewards = fork_profile(
         config.num_prompts, vocab_size, config.length, forks, eps, config.fork_correct, config.seed
     )
@@ -161,10 +168,11 @@ def map_cell(
     )  # fmt: skip
     stop = len(grpo["entropy"]) - 1
     runs = {"grpo": grpo}
-    for method, (selection, ratio_field, clipped) in SELECTION_METHODS.items():
+    for method, (selection, ratio_field, clip_field) in SELECTION_METHODS.items():
         runs[method] = expected_run(
             policy, rewards, selection, getattr(config, ratio_field), stop, config.step_size,
-            updates_per_rollout=updates, clip_ratio=config.clip_ratio if clipped else None,
+            updates_per_rollout=updates,
+            clip_ratio=getattr(config, clip_field) if clip_field else None,
         )  # fmt: skip
     cell = {
         "vocab_size": vocab_size,
