@@ -164,6 +164,14 @@ class ForkRegime:
         return {"task": "fork", "task_kwargs": task_kwargs,
                 "extra_tokens": self.vocab_size - base_vocab}  # fmt: skip
 
+    def task(self):
+        """The ``fork`` task of this regime, at its vocabulary size."""
+        from toy_entropy.envs.sequence import make_task
+
+        changes = self.train_changes()
+        kwargs = parse_task_kwargs(changes["task_kwargs"])
+        return make_task("fork", extra_tokens=changes["extra_tokens"], **kwargs)
+
 
 def regime_train_config(
     train: TrainConfig,

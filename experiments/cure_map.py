@@ -22,11 +22,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from toy_entropy.experiments.cure import CureConfig, ForkRegime, for_device
 from toy_entropy.experiments.methods import method_stats
 from toy_entropy.experiments.sweeps import RunResult
 from toy_entropy.experiments.table1 import table1_measured
 from toy_entropy.runs.report import RunDirectory, load_run_directory, markdown_table
 from toy_entropy.theory.curve_stats import finite_mean
+from toy_entropy.training.config import config_from_dict
+from toy_entropy.training.trainer import TrainConfig
 
 __all__ = ["map_rows", "main", "COLUMNS"]
 
@@ -73,17 +76,23 @@ def _accuracy_gain(stats: dict[str, dict], method: str, k: int) -> str:
     return f"{stats[method][key]['mean'] - stats['grpo'][key]['mean']:+.3f}"
 
 
+def _regime(run: RunDirectory) -> tuple[ForkRegime, TrainConfig]:
+    """The fork regime and the training budget a run directory ran with (a ``cure`` run on
+    CUDA: as :func:`for_device` made them)."""
+    config = run.config.get("config", {})
+    if not config.get("fork"):
+        raise ValueError(f"{run.path}: not a run on the fork task (its config has no 'fork')")
+    if run.config.get("experiment") == "cure":
+        device_type = str(run.config.get("device", "cpu")).split(":")[0]
+        cure = for_device(config_from_dict(CureConfig, config), device_type)
+        return cure.fork, cure.train
+    return ForkRegime(**config["fork"]), config_from_dict(TrainConfig, config["train"])
+
+
 def map_rows(run: RunDirectory, k: int = 8) -> list[list]:
     """The map's rows of one run directory (see the module docstring)."""
-    config = run.config.get("config", {})
-    fork, train = config.get("fork"), config.get("train", {})
-    if not fork:
-        raise ValueError(f"{run.path}: not a run on the fork task (its config has no 'fork')")
-    answer_length = fork["num_forks"] * (fork["segment_length"] + 1) + 1
-    prompts, vocab_size = train.get("num_prompts"), fork["vocab_size"]
-    if str(run.config.get("device", "")).startswith("cuda"):  # as cure's for_device
-        prompts = config.get("cuda_num_prompts") or prompts
-        vocab_size = config.get("cuda_vocab_size") or vocab_size
+    regime, train = _regime(run)
+    density = regime.task().fork_density
     groups = _grouped(run)
     if len(groups) > 1:  # the updates part: its U = num_mini_batches runs repeat the plain ones
         groups.pop(None, None)
@@ -95,16 +104,15 @@ def map_rows(run: RunDirectory, k: int = 8) -> list[list]:
             warnings.simplefilter("ignore", RuntimeWarning)
             stats = {m: method_stats(results, k) for m, results in methods.items()}
         grpo = methods["grpo"]
-
         tail = table1_measured(grpo)["tail_ratio"]
         valid = finite_mean([finite_mean(r.column("cov/valid_tokens")) for r in grpo])
         rows.append(
             [
                 run.path.name,
-                f"{fork['num_forks'] / answer_length:.3f}",
-                vocab_size,
-                f"{prompts} x {train.get('num_generations')}",
-                updates if updates is not None else train.get("num_mini_batches"),
+                f"{density:.3f}",
+                regime.vocab_size,
+                f"{train.num_prompts} x {train.num_generations}",
+                updates if updates is not None else train.num_mini_batches,
                 f"{valid:.0f}",
                 len(grpo),
                 f"{tail:.0f}" if np.isfinite(tail) else "-",
