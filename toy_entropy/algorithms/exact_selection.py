@@ -150,8 +150,7 @@ def token_table(
     mask = policy.response_mask  # (R, L)
     lengths = policy.response_lengths.to(probs.dtype)  # (R,)
     norm = (probs * kept * lengths).sum()
-    logits = policy.logits if current_logits is None else current_logits
-    flat_log_probs = torch.log_softmax(logits, dim=-1).reshape(P, S * V)  # (P, S*V)
+    flat_log_probs = torch.log_softmax(policy.logits, dim=-1).reshape(P, S * V)  # (P, S*V)
     index = policy.response_states * V + policy.responses.clamp(min=0)  # (R, L)
     log_prob = flat_log_probs[:, index]  # (P, R, L)
     weight = (probs * kept / norm)[:, :, None].expand(-1, -1, mask.shape[1])  # (P, R, L)
@@ -159,9 +158,17 @@ def token_table(
     valid = mask.expand(P, -1, -1)  # (P, R, L)
     weight, log_prob, atom = weight[valid], log_prob[valid], atom[valid]  # (n,)
     token_advantage = advantages[:, :, None].expand(-1, -1, mask.shape[1])[valid]  # (n,)
-    lp_mean, a_mean = (weight * log_prob).sum(), (weight * token_advantage).sum()
-    cov = (log_prob - lp_mean) * (token_advantage - a_mean)
-    return TokenTable(atom, weight, log_prob, token_advantage, cov)
+    table = TokenTable(
+        atom, weight, log_prob, token_advantage, _token_cov(weight, log_prob, token_advantage)
+    )
+    return table if current_logits is None else refreshed(table, current_logits)
+
+
+def _token_cov(
+    weight: torch.Tensor, log_prob: torch.Tensor, advantage: torch.Tensor
+) -> torch.Tensor:
+    """(n,) ``(lp - E_w lp)(A - E_w A)``, the algorithms' token covariance."""
+    return (log_prob - (weight * log_prob).sum()) * (advantage - (weight * advantage).sum())
 
 
 def with_score(table: TokenTable, score: str) -> TokenTable:
@@ -329,9 +336,9 @@ def refreshed(table: TokenTable, logits: torch.Tensor) -> TokenTable:
     """The rollout batch ``table`` with the log-probs and covariance of the policy ``logits``
     (P, S, V): the weights and advantages stay the rollout's, as on a rollout's later updates."""
     log_prob = torch.log_softmax(logits, dim=-1).reshape(-1)[table.atom]  # (n,)
-    w = table.weight
-    cov = (log_prob - (w * log_prob).sum()) * (table.advantage - (w * table.advantage).sum())
-    return replace(table, log_prob=log_prob, cov=cov)
+    return replace(
+        table, log_prob=log_prob, cov=_token_cov(table.weight, log_prob, table.advantage)
+    )
 
 
 def ppo_clip_keep(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> torch.Tensor:
