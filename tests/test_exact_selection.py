@@ -84,11 +84,14 @@ def test_refreshed_table_follows_the_current_policy():
     same = refreshed(table, policy.logits)
     assert torch.allclose(same.log_prob, table.log_prob) and torch.allclose(same.cov, table.cov)
     moved = policy.logits + torch.randn(policy.logits.shape, dtype=policy.logits.dtype)
-    expected = token_table(policy, rewards, current_logits=moved)
     now = refreshed(table, moved)
-    assert torch.allclose(now.log_prob, expected.log_prob)
-    assert torch.allclose(now.cov, expected.cov)
+    # By hand: the moved policy's log-prob of each atom's action, the rollout's weights.
+    lp = torch.log_softmax(moved, dim=-1).reshape(-1)[table.atom]
+    w, a = table.weight, table.advantage
+    cov = (lp - (w * lp).sum()) * (a - (w * a).sum())
+    assert torch.allclose(now.log_prob, lp) and torch.allclose(now.cov, cov)
     assert torch.equal(now.weight, table.weight)
+    assert torch.allclose(token_table(policy, rewards, current_logits=moved).cov, cov)
 
 
 def test_unclipped_natural_updates_on_one_rollout_add_up_to_one_larger_step():
